@@ -1,0 +1,29 @@
+# Two entry points for a fresh machine: `make demo` (set up, then the main job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned: anything that lets pip choose torch pulls CUDA wheels.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[cpu,test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/raytt demo --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/build_scale.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,105 @@
+"""The `raytt` command: subcommands over `raytt.commands`, config flags generated from the dataclasses.
+
+Every config field is a flag (`--context-len 5`), a YAML file can be given with `--config`, and
+`--set key=value` overrides anything; flags win over `--set`, which wins over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+from raytt import commands, config
+from raytt.errors import RayttError
+from raytt.sequences import BuildConfig
+from raytt.synth import SynthConfig
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One `--field-name` flag per dataclass field, plus `--config FILE` and `--set key=value`."""
+    group = parser.add_argument_group(f"{cls.__name__} (also settable in --config YAML)")
+    group.add_argument("--config", type=Path, help="YAML file with these settings")
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        kind = "comma-separated" if typing.get_origin(tp) is tuple else getattr(tp, "__name__", str(tp))
+        group.add_argument(flag, dest=f"cfg__{f.name}", default=None, metavar=kind.upper(),
+                           help=f"{f.metadata.get('help', '')} (default: {f.default})")
+
+
+def config_from_args(cls: type, args: argparse.Namespace):
+    """Resolve file -> --set -> flags into a checked config object."""
+    overrides = list(args.set)
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f"cfg__{f.name}")
+        if value is not None:
+            overrides.append(f"{f.name}={value}")
+    return config.load(cls, args.config, overrides)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="raytt", description="Two-tower retriever training on Ray.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="generate the synthetic corpus bank (the built-in default data)")
+    p.add_argument("--out", type=Path, required=True, help="bank directory to write")
+    p.add_argument("--report", action="store_true", help="print full-bank baselines vs the oracle predictor")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_config_flags(p, SynthConfig)
+
+    p = sub.add_parser("build", help="build sequence shards from a bank, split by article")
+    p.add_argument("--bank", type=Path, required=True, help="bank directory")
+    p.add_argument("--out", type=Path, required=True, help="shard directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_config_flags(p, BuildConfig)
+
+    p = sub.add_parser("import-npz", help="import loose .npz sequences by aligning them to bank rows")
+    p.add_argument("npz", type=Path, help=".npz with context_sequences [N,k,D], target_vectors [N,D]")
+    p.add_argument("--bank", type=Path, required=True, help="bank the vectors must come from")
+    p.add_argument("--out", type=Path, required=True, help="shard directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_config_flags(p, BuildConfig)
+
+    p = sub.add_parser("inspect", help="summarise and check a bank or a shard directory")
+    p.add_argument("path", type=Path)
+    p.add_argument("--bank", type=Path, help="bank for shards (default: the path in their manifest)")
+    p.add_argument("--sample", type=int, default=1000, help="rows per split checked against the bank")
+
+    p = sub.add_parser("demo", help="the main job on the built-in synthetic data")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
+    p.add_argument("--num-vectors", type=int, default=50_000, help="size of the synthetic bank")
+    return top
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "synth":
+        commands.synth(args.out, config_from_args(SynthConfig, args), report=args.report, overwrite=args.overwrite)
+    elif args.command == "build":
+        commands.build(args.bank, args.out, config_from_args(BuildConfig, args), overwrite=args.overwrite)
+    elif args.command == "import-npz":
+        commands.import_vectors(args.npz, args.bank, args.out, config_from_args(BuildConfig, args),
+                                overwrite=args.overwrite)
+    elif args.command == "inspect":
+        commands.inspect(args.path, bank=args.bank, sample=args.sample)
+    elif args.command == "demo":
+        commands.demo(args.out, num_vectors=args.num_vectors)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: RayttError becomes one clear line on stderr and exit status 2."""
+    try:
+        sys.exit(run(argv))
+    except RayttError as exc:
+        print(f"raytt: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The `raytt` subcommands as plain functions: the CLI parses flags and calls these, notebooks can too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from raytt.bank import BankManifest, load_bank, read_manifest, scan_bank
+from raytt.errors import RayttError, ShardError
+from raytt.sequences import SPLITS, BuildConfig, ShardSet, bank_of, build_shards, import_npz, is_shards, open_shards
+from raytt.synth import SynthConfig, generate, heuristic_report
+
+Progress = Callable[[str], None]
+
+
+def synth(out: str | Path, cfg: SynthConfig = SynthConfig(), report: bool = False, overwrite: bool = False,
+          progress: Progress = print) -> BankManifest:
+    """Generate the synthetic bank; with `report`, print baselines vs the oracle on full-bank retrieval."""
+    manifest = generate(cfg, out, overwrite=overwrite, progress=progress)
+    progress(f"synth: wrote {manifest.num_vectors:,} x {manifest.dim} bank to {out} ({manifest.embedder_id})")
+    if report:
+        progress(format_table(heuristic_report(out), "synth report: 2000 sampled windows (context <= 5), "
+                                                    f"full bank of {manifest.num_vectors:,}"))
+    return manifest
+
+
+def build(bank: str | Path, out: str | Path, cfg: BuildConfig = BuildConfig(), overwrite: bool = False,
+          progress: Progress = print) -> ShardSet:
+    """Build sequence shards from a bank (the bank is verified while it streams: sha256, norms, keys)."""
+    meta = scan_bank(bank, verify=True)
+    shards = build_shards(meta, out, cfg, overwrite=overwrite, progress=progress)
+    progress(f"build: wrote shards to {out}")
+    return shards
+
+
+def import_vectors(npz: str | Path, bank: str | Path, out: str | Path, cfg: BuildConfig = BuildConfig(),
+                   overwrite: bool = False, progress: Progress = print) -> ShardSet:
+    """Import loose `.npz` sequences as shards by aligning each vector to its bank row (or refuse)."""
+    shards = import_npz(npz, load_bank(bank), out, cfg, overwrite=overwrite, progress=progress)
+    progress(f"import: wrote shards to {out}")
+    return shards
+
+
+def inspect(path: str | Path, bank: str | Path | None = None, sample: int = 1000,
+            progress: Progress = print) -> dict:
+    """Summarise a bank or a shard set; for shards, check splits and that sampled rows point into the bank."""
+    path = Path(path)
+    summary = inspect_shards(path, bank, sample) if is_shards(path) else inspect_bank(path)
+    progress(format_summary(summary))
+    return summary
+
+
+def inspect_bank(path: Path) -> dict:
+    meta = scan_bank(path, verify=True)
+    lengths = np.bincount(meta.article_codes)
+    return {
+        "kind": "bank", "path": str(path), "manifest": meta.manifest.to_json() | {"files": len(meta.manifest.files)},
+        "articles": len(meta.article_names),
+        "chunks per article (min/median/mean/max)": [int(lengths.min()), float(np.median(lengths)),
+                                                     round(float(lengths.mean()), 2), int(lengths.max())],
+        "verified": "sha256, keys 0..N-1, dims, finite values, norms, unique (article, position)",
+    }
+
+
+def inspect_shards(path: Path, bank: str | Path | None, sample: int) -> dict:
+    bank_path = Path(bank) if bank else bank_of(open_shards(path))
+    shards = open_shards(path, read_manifest(bank_path))
+    meta = scan_bank(bank_path, verify=False)
+    overlap = {f"{a}&{b}": len(set(shards.articles(a)) & set(shards.articles(b)))
+               for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:]}
+    checked = {s: check_rows(shards, s, meta, sample) for s in SPLITS}
+    return {
+        "kind": "shards", "path": str(path), "bank": shards.manifest["bank"], "context_len": shards.context_len,
+        "min_context": shards.manifest["min_context"],
+        "splits": {s: {"rows": shards.rows(s), "articles": len(shards.articles(s)), "files": len(shards.files(s))}
+                   for s in SPLITS},
+        "article overlap": overlap,
+        "sampled rows checked against the bank": checked,
+    }
+
+
+def check_rows(shards: ShardSet, split: str, meta, sample: int) -> int:
+    """Check sampled rows: target and context keys are bank rows of the row's article, in order before it."""
+    table = shards.read(split)
+    if table.num_rows == 0:
+        return 0
+    pick = np.random.default_rng(0).choice(table.num_rows, min(sample, table.num_rows), replace=False)
+    rows = table.take(pick)
+    target = rows.column("target_key").to_numpy()
+    ctx = np.stack(rows.column("context_keys").to_numpy(zero_copy_only=False))
+    names = np.asarray(rows.column("article_id").to_pylist(), dtype=object)
+    n = len(meta.positions)
+    where = f"{shards.path}/{split}"
+    if target.min() < 0 or target.max() >= n or ctx.max() >= n:
+        raise ShardError(f"{where}: keys outside the bank's 0..{n - 1}")
+    article = np.asarray(meta.article_names, dtype=object)
+    if (article[meta.article_codes[target]] != names).any():
+        raise ShardError(f"{where}: target keys whose bank article differs from the row's article_id")
+    real = ctx >= 0
+    ctx_codes = meta.article_codes[np.clip(ctx, 0, None)]
+    same = (ctx_codes == meta.article_codes[target][:, None]) | ~real
+    before = (meta.positions[np.clip(ctx, 0, None)] < meta.positions[target][:, None]) | ~real
+    if not (same.all() and before.all()):
+        raise ShardError(f"{where}: context keys from another article or not before the target")
+    return len(pick)
+
+
+def format_summary(summary: dict, indent: int = 0) -> str:
+    lines = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            lines.append(" " * indent + f"{key}:")
+            lines.append(format_summary(value, indent + 2))
+        else:
+            lines.append(" " * indent + f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def format_table(table: dict[str, dict[str, float]], title: str) -> str:
+    """Rows = methods, columns = metrics, as a fixed-width text table."""
+    columns = list(next(iter(table.values())))
+    width = max(len(c) for c in columns) + 2
+    lines = [title, "method".ljust(10) + "".join(c.rjust(width) for c in columns)]
+    for name, row in table.items():
+        lines.append(name.ljust(10) + "".join(f"{row[c]:.3f}".rjust(width) for c in columns))
+    return "\n".join(lines)
+
+
+def demo(out: str | Path = "runs/demo", num_vectors: int = 50_000, overwrite: bool = True,
+         progress: Progress = print) -> dict:
+    """The main job on the built-in data: synthesise a bank, build shards, inspect both, report baselines."""
+    out = Path(out)
+    synth(out / "bank", SynthConfig(num_vectors=num_vectors), report=True, overwrite=overwrite, progress=progress)
+    build(out / "bank", out / "shards", BuildConfig(), overwrite=overwrite, progress=progress)
+    summary = inspect(out / "shards", progress=progress)
+    if any(summary["article overlap"].values()):
+        raise RayttError("demo: article overlap between splits")
+    progress(f"demo: done; bank in {out / 'bank'}, shards in {out / 'shards'}")
+    return summary
