@@ -1,0 +1,55 @@
+"""The `raytt` console script as a user runs it: exit codes, output, and clear one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from raytt.cli import run
+
+
+def raytt(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "raytt.cli", *map(str, args)], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"raytt {args} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_synth_build_inspect(tmp_path):
+    bank, shards = tmp_path / "bank", tmp_path / "shards"
+    out = raytt("synth", "--out", bank, "--num-vectors", 3000, "--dim", 48, "--latent-dim", 12, "--report").stdout
+    assert "oracle" in out and "last" in out and "R@10" in out
+    raytt("build", "--bank", bank, "--out", shards, "--context-len", 3, "--split", "0.8,0.1,0.1", "--seed", 1)
+    out = raytt("inspect", shards).stdout
+    assert "train&test: 0" in out and "val&test: 0" in out and "context_len: 3" in out
+    assert "sampled rows checked against the bank" in out
+    assert "verified: sha256" in raytt("inspect", bank).stdout
+
+
+def test_config_file_and_flags(tmp_path):
+    (tmp_path / "s.yaml").write_text("num_vectors: 2000\ndim: 32\nlatent_dim: 8\nseed: 4\n")
+    run(["synth", "--out", str(tmp_path / "b"), "--config", str(tmp_path / "s.yaml"), "--set", "seed=5",
+         "--dim", "40"])
+    from raytt.bank import read_manifest
+
+    assert read_manifest(tmp_path / "b").embedder_id == "raytt-synth/1(seed=5,dim=40)"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["build", "--bank", "nowhere", "--out", "x"], "nowhere/manifest.json: no bank manifest here"),
+    (["synth", "--out", "x", "--dim", "big"], "dim must be an integer"),
+    (["synth", "--out", "x", "--set", "colour=red"], "unknown key(s) ['colour']"),
+    (["inspect", "nowhere"], "no bank manifest here"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "raytt.cli", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_too_little_data_names_the_override(tmp_path):
+    raytt("synth", "--out", tmp_path / "b", "--num-vectors", 500, "--dim", 16, "--latent-dim", 8)
+    proc = raytt("build", "--bank", tmp_path / "b", "--out", tmp_path / "s", check=False)
+    assert proc.returncode == 2 and "too little data" in proc.stderr and "--min-train-pairs" in proc.stderr
+    assert not (tmp_path / "s").exists()
+    raytt("build", "--bank", tmp_path / "b", "--out", tmp_path / "s", "--min-train-pairs", 10)

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from raytt.bank import load_bank, read_manifest
+from raytt.errors import ConfigError
+from raytt.synth import OraclePredictor, SynthConfig, article_lengths, generate, heuristic_report
+from tests.conftest import QUIET, SMALL
+
+
+def test_deterministic_by_seed(synth_bank, tmp_path):
+    generate(SMALL, tmp_path / "again", progress=QUIET)
+    generate(SynthConfig(**{**SMALL.__dict__, "seed": 1}), tmp_path / "other", progress=QUIET)
+    assert read_manifest(tmp_path / "again").sha256 == read_manifest(synth_bank).sha256
+    assert read_manifest(tmp_path / "other").sha256 != read_manifest(synth_bank).sha256
+
+
+@pytest.mark.parametrize("dim", [384, 768])
+def test_dims_and_exact_size(tmp_path, dim):
+    generate(SynthConfig(num_vectors=1500, dim=dim), tmp_path / "b", progress=QUIET)
+    bank = load_bank(tmp_path / "b")
+    assert bank.vectors.shape == (1500, dim)
+    assert np.allclose(np.linalg.norm(bank.vectors, axis=1), 1, atol=1e-5)
+
+
+def test_lengths_are_long_tailed_and_exact():
+    cfg = SynthConfig(num_vectors=200_000)
+    lengths = article_lengths(cfg, np.random.default_rng(0))
+    assert lengths.sum() == 200_000 and lengths.min() >= cfg.min_len and lengths.max() <= cfg.max_len
+    assert lengths.max() > 5 * np.median(lengths), "a long tail of long articles"
+
+
+def test_boilerplate_near_duplicates_span_articles(synth_bank):
+    bank = load_bank(synth_bank)
+    sims = bank.vectors @ bank.vectors.T
+    np.fill_diagonal(sims, 0)
+    a, b = np.nonzero(np.triu(sims) > 0.98)
+    assert len(a) > 10
+    assert (bank.article_codes[a] != bank.article_codes[b]).any(), "false negatives across articles exist"
+    assert (sims < 1 - 1e-6).all(), "near-duplicates, not exact ones"
+
+
+def test_oracle_predicts_real_next_chunks(synth_bank):
+    bank = load_bank(synth_bank)
+    targets = np.flatnonzero(bank.positions >= 1)
+    q = OraclePredictor(synth_bank).predict(targets)
+    assert q.shape == (len(targets), bank.dim)
+    cos_truth = (q * bank.vectors[targets]).sum(1)
+    cos_random = (q * bank.vectors[np.random.default_rng(0).permutation(targets)]).sum(1)
+    assert np.median(cos_truth) > np.median(cos_random) + 0.3
+
+
+def test_learnable_but_not_trivial(synth_bank):
+    table = heuristic_report(synth_bank, num_queries=500)
+    assert table["oracle"]["R@10"] > table["last"]["R@10"] + 0.25
+    assert table["oracle"]["R@10"] > 0.7
+    assert table["last"]["R@10"] < 0.75
+
+
+def test_bad_config_refused():
+    with pytest.raises(ConfigError, match="speed_min <= speed_max"):
+        SynthConfig(speed_min=2.0, speed_max=1.0)
