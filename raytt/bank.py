@@ -25,7 +25,7 @@ from raytt.storage import atomic_dir, read_json, write_json
 
 FORMAT = "raytt.bank/1"
 NORM_TOLERANCE = 1e-3
-READ_BATCH_ROWS = 65_536
+READ_BATCH_ROWS = 16_384
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _check_vectors(vectors: np.ndarray, first_key: int, normalization: str, wher
         bad = int(np.flatnonzero(~finite)[0])
         raise BankError(f"{where}: vector at key {first_key + bad} has NaN or Inf values")
     if normalization == "l2":
-        norms = np.linalg.norm(vectors, axis=1)
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
         off = np.abs(norms - 1.0) > NORM_TOLERANCE
         if off.any():
             bad = int(np.flatnonzero(off)[0])
@@ -325,9 +325,9 @@ def _scan(path: Path, load_vectors: bool, verify: bool) -> _Scan:
         file = path / name
         where = str(file)
         try:
-            pfile = pq.ParquetFile(file)
+            pfile = pq.ParquetFile(file, pre_buffer=False, buffer_size=1 << 20)
             _check_schema(pfile.schema_arrow, dim, where)
-            batches = pfile.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns)
+            batches = pfile.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns, use_threads=False)
             for batch in batches:
                 keys = batch.column("key").to_numpy()
                 _check_keys(keys, expected, n, where)
