@@ -101,11 +101,6 @@ class BankMeta:
     path: Path
 
 
-def vector_sha256(vectors: np.ndarray) -> str:
-    """sha256 of float32 little-endian vector bytes, the provenance id of a bank."""
-    return hashlib.sha256(np.ascontiguousarray(vectors, dtype="<f4").data).hexdigest()
-
-
 def bank_schema(dim: int, with_text: bool) -> pa.Schema:
     fields = [
         pa.field("key", pa.int64(), nullable=False),
@@ -127,8 +122,9 @@ class _ArticleCoder:
         self.position_chunks: list[np.ndarray] = []
 
     def add(self, article_ids: pa.Array | list[str], positions: np.ndarray) -> np.ndarray:
-        arr = pa.array(article_ids, type=pa.string()) if not isinstance(article_ids, pa.Array) else article_ids
-        encoded = pc.dictionary_encode(arr)
+        if not isinstance(article_ids, pa.Array):
+            article_ids = pa.array(article_ids, type=pa.string())
+        encoded = pc.dictionary_encode(article_ids)
         local = [self.codes.setdefault(s, len(self.codes)) for s in encoded.dictionary.to_pylist()]
         codes = np.asarray(local, dtype=np.int32)[encoded.indices.to_numpy(zero_copy_only=False)]
         self.code_chunks.append(codes)
@@ -220,7 +216,7 @@ class BankWriter:
                 raise BankError(f"{where}: vector at key {self.num_rows + bad} is all zeros, cannot normalise")
             vectors = vectors / norms
         _check_vectors(vectors, self.num_rows, self.normalization, where)
-        self._articles.add(list(article_ids) if isinstance(article_ids, np.ndarray) else article_ids, positions)
+        self._articles.add(article_ids, positions)
         self._hash.update(vectors.astype("<f4", copy=False).data)
         start = 0
         while start < n:

@@ -9,7 +9,8 @@ import numpy as np
 
 from raytt.bank import BankManifest, load_bank, read_manifest, scan_bank
 from raytt.errors import RayttError, ShardError
-from raytt.sequences import SPLITS, BuildConfig, ShardSet, bank_of, build_shards, import_npz, is_shards, open_shards
+from raytt.sequences import (SPLITS, BuildConfig, ShardSet, bank_of, build_shards, check_provenance, import_npz,
+                             is_shards, open_shards)
 from raytt.synth import SynthConfig, generate, heuristic_report
 
 Progress = Callable[[str], None]
@@ -65,8 +66,9 @@ def inspect_bank(path: Path) -> dict:
 
 
 def inspect_shards(path: Path, bank: str | Path | None, sample: int) -> dict:
-    bank_path = Path(bank) if bank else bank_of(open_shards(path))
-    shards = open_shards(path, read_manifest(bank_path))
+    shards = open_shards(path)
+    bank_path = Path(bank) if bank else bank_of(shards)
+    check_provenance(shards.manifest, read_manifest(bank_path), str(path / "manifest.json"))
     meta = scan_bank(bank_path, verify=False)
     overlap = {f"{a}&{b}": len(set(shards.articles(a)) & set(shards.articles(b)))
                for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:]}

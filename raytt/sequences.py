@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raytt.bank import Bank, BankManifest, BankMeta, read_manifest
+from raytt.bank import Bank, BankManifest, BankMeta
 from raytt.errors import ConfigError, GateError, RayttError, ShardError
 from raytt.storage import atomic_dir, read_json, write_json
 
@@ -77,7 +77,7 @@ class ShardSet:
         """The whole split as one table (for evaluation and inspection; training streams instead)."""
         files = self.files(split)
         try:
-            return pa.concat_tables([pq.read_table(f) for f in files]) if files else _empty_table(self.context_len)
+            return pa.concat_tables([pq.read_table(f) for f in files]) if files else shard_schema(self.context_len).empty_table()
         except (pa.ArrowException, OSError) as exc:
             raise ShardError(f"{self.path}: split {split!r} is unreadable ({exc})") from exc
 
@@ -89,10 +89,6 @@ def shard_schema(context_len: int) -> pa.Schema:
         pa.field("target_key", pa.int64(), nullable=False),
         pa.field("article_id", pa.string(), nullable=False),
     ])
-
-
-def _empty_table(context_len: int) -> pa.Table:
-    return shard_schema(context_len).empty_table()
 
 
 def assign_splits(names: list[str] | tuple[str, ...], fractions: tuple[float, ...], seed: int) -> np.ndarray:
@@ -404,11 +400,6 @@ def is_shards(path: str | Path) -> bool:
         return read_json(Path(path) / "manifest.json", "shards").get("format") == FORMAT
     except RayttError:
         return False
-
-
-def bank_manifest_of(shards: ShardSet) -> BankManifest:
-    """The manifest of the bank the shards point at (fails clearly if it moved)."""
-    return read_manifest(bank_of(shards))
 
 
 def sample_windows(meta: "BankMeta | Bank", context_len: int, n: int, seed: int = 0, min_context: int = 1):
