@@ -182,3 +182,21 @@ def test_shared_bank_is_zero_copy(ray_local, written):
     writeable, total, n = ray_local.get(probe.remote([ref]))
     assert not writeable, "object-store numpy arrays are read-only views; a copy would be writeable"
     assert n == 40 and total == pytest.approx(float(vectors.sum()), rel=1e-5)
+
+
+def test_block_lengths_and_positions_checked(tmp_path):
+    vectors, ids, pos = small(np.random.default_rng(0), n=10)
+    writer = BankWriter(tmp_path / "b")
+    with pytest.raises(BankError, match="differ in length"):
+        writer.add(ids[:9], pos, vectors)
+    with pytest.raises(BankError, match="positions must be in 0..2\\^31-1"):
+        writer.add(ids, pos - 1, vectors)
+
+
+def test_manifest_missing_fields_named(written):
+    path = written[0]
+    data = json.loads((path / "manifest.json").read_text())
+    del data["sha256"]
+    (path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BankError, match=r"manifest lacks field\(s\) \['sha256'\]"):
+        load_bank(path)

@@ -168,3 +168,36 @@ def test_import_rejects_malformed_npz(synth_bank, tmp_path):
              target_vectors=np.zeros((4, 5), np.float32))
     with pytest.raises(GateError, match="b.npz: vectors have dim 5, the bank has dim 64"):
         import_npz(tmp_path / "b.npz", bank, tmp_path / "s", BuildConfig())
+
+
+def test_wrong_shard_format_refused(synth_shards, tmp_path):
+    other = tmp_path / "s"
+    os.system(f"cp -r {synth_shards} {other}")
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["format"] = "something/9"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match="format 'something/9' is not 'raytt.shards/1'"):
+        open_shards(other)
+
+
+def test_empty_split_refused(tmp_path):
+    generate(SynthConfig(num_vectors=300, dim=16, latent_dim=8), tmp_path / "b", progress=QUIET)
+    with pytest.raises(GateError, match="split 'val' gets no rows"):
+        build_shards(scan_bank(tmp_path / "b"), tmp_path / "s", BuildConfig(split=(0.9995, 0.0005, 0.0),
+                     min_train_pairs=0), progress=QUIET)
+    assert not (tmp_path / "s").exists()
+
+
+def test_import_rejects_nan_and_bad_article_ids(synth_bank, tmp_path):
+    bank = load_bank(synth_bank)
+    ctx = np.zeros((4, 3, bank.dim), np.float32)
+    tgt = bank.vectors[:4].copy()
+    tgt[1, 0] = np.nan
+    np.savez(tmp_path / "n.npz", context_sequences=ctx, target_vectors=tgt)
+    with pytest.raises(GateError, match="n.npz: NaN or Inf"):
+        import_npz(tmp_path / "n.npz", bank, tmp_path / "s", BuildConfig())
+    np.savez(tmp_path / "i.npz", context_sequences=ctx, target_vectors=bank.vectors[:4],
+             article_ids=np.array(["a", "b"]))
+    with pytest.raises(GateError, match=r"i.npz: article_ids must have shape \[4\]"):
+        import_npz(tmp_path / "i.npz", bank, tmp_path / "s", BuildConfig())
+    assert not (tmp_path / "s").exists()
