@@ -14,6 +14,7 @@ from pathlib import Path
 
 from raytt import commands, config
 from raytt.errors import RayttError
+from raytt.runconfig import TrainConfig
 from raytt.sequences import BuildConfig
 from raytt.synth import SynthConfig
 
@@ -25,6 +26,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            continue
         flag = "--" + f.name.replace("_", "-")
         tp = hints[f.name]
         kind = "comma-separated" if typing.get_origin(tp) is tuple else getattr(tp, "__name__", str(tp))
@@ -36,7 +39,7 @@ def config_from_args(cls: type, args: argparse.Namespace):
     """Resolve file -> --set -> flags into a checked config object."""
     overrides = list(args.set)
     for f in dataclasses.fields(cls):
-        value = getattr(args, f"cfg__{f.name}")
+        value = getattr(args, f"cfg__{f.name}", None)
         if value is not None:
             overrides.append(f"{f.name}={value}")
     return config.load(cls, args.config, overrides)
@@ -70,9 +73,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bank", type=Path, help="bank for shards (default: the path in their manifest)")
     p.add_argument("--sample", type=int, default=1000, help="rows per split checked against the bank")
 
+    p = sub.add_parser("train", help="train a query tower with Ray Train (re-running a name resumes it)")
+    add_config_flags(p, TrainConfig)
+
+    p = sub.add_parser("eval", help="full-bank evaluation of a run (or of the baselines alone) with a report")
+    p.add_argument("--run", type=Path, help="run directory (runs/NAME)")
+    p.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint directory")
+    p.add_argument("--split", default="test", help="train, val or test")
+    p.add_argument("--shards", type=Path, help="shards to evaluate (default: the run's)")
+    p.add_argument("--bank", type=Path, help="bank to search (default: the one the shards were built from)")
+    p.add_argument("--out", type=Path, help="report folder (default: RUN/eval/SPLIT)")
+    p.add_argument("--max-queries", type=int, default=0, help="evaluate a fixed random subset (0 = every row)")
+
+    p = sub.add_parser("compare", help="one table of several runs' evaluations and the baselines")
+    p.add_argument("runs", nargs="+", type=Path, help="run directories or report folders")
+    p.add_argument("--view", default="all", help="all or context_excluded")
+
     p = sub.add_parser("demo", help="the main job on the built-in synthetic data")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
     p.add_argument("--num-vectors", type=int, default=50_000, help="size of the synthetic bank")
+    p.add_argument("--train-config", type=Path, default=Path("configs/demo.yaml"), help="training config")
     return top
 
 
@@ -87,8 +107,14 @@ def run(argv: list[str] | None = None) -> int:
                                 overwrite=args.overwrite)
     elif args.command == "inspect":
         commands.inspect(args.path, bank=args.bank, sample=args.sample)
+    elif args.command == "train":
+        commands.train(config_from_args(TrainConfig, args))
+    elif args.command == "eval":
+        commands.evaluate(args.run, args.shards, args.bank, args.checkpoint, args.split, args.out, args.max_queries)
+    elif args.command == "compare":
+        commands.compare(args.runs, args.view)
     elif args.command == "demo":
-        commands.demo(args.out, num_vectors=args.num_vectors)
+        commands.demo(args.out, num_vectors=args.num_vectors, train_config=args.train_config)
     return 0
 
 

@@ -1,0 +1,78 @@
+"""The typed config of a training run (`raytt train --config configs/demo.yaml --set optim.lr=3e-4`).
+
+Sections mirror the code they configure: `data` (bank, shards, batches), `tower`, `loss`, `optim`,
+and the run itself (name, workers, checkpoints, validation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raytt.losses import LossConfig
+from raytt.towers import TowerConfig
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class DataConfig:
+    bank: str = field(default="runs/demo/bank", metadata=_help("bank directory"))
+    shards: str = field(default="runs/demo/shards", metadata=_help("sequence shard directory built from the bank"))
+    batch_size: int = field(default=256, metadata=_help("rows per worker per step"))
+    shuffle_buffer: int = field(default=20_000, metadata=_help("rows in each worker's local shuffle buffer"))
+    prefetch_batches: int = field(default=2, metadata=_help("batches Ray Data prepares ahead of the step"))
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise ValueError(f"data.batch_size must be >= 2, got {self.batch_size}")
+        if self.shuffle_buffer < 0 or self.prefetch_batches < 0:
+            raise ValueError("data.shuffle_buffer and data.prefetch_batches must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=2e-3, metadata=_help("peak learning rate (AdamW)"))
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
+    epochs: int = field(default=6, metadata=_help("passes over the train split"))
+    warmup_steps: int = field(default=50, metadata=_help("linear warm-up steps, then cosine decay to 0"))
+    grad_clip: float = field(default=1.0, metadata=_help("max gradient norm (0 = off)"))
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.epochs < 1 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("optim: need lr > 0, epochs >= 1, warmup_steps >= 0, grad_clip >= 0")
+
+
+@dataclass
+class TrainConfig:
+    name: str = field(default="demo", metadata=_help("run name: the same name resumes the run"))
+    storage: str = field(default="runs", metadata=_help("directory holding run directories (shared on a cluster)"))
+    workers: int = field(default=2, metadata=_help("Ray Train workers; 0 runs the same loop in this process"))
+    use_gpu: bool = field(default=False, metadata=_help("one GPU per worker, NCCL instead of gloo"))
+    threads_per_worker: int = field(default=1, metadata=_help("CPUs (torch threads) per worker"))
+    seed: int = field(default=0, metadata=_help("seed for weights and data order"))
+    checkpoint_every: int = field(default=200, metadata=_help("steps between checkpoints (also at each epoch end)"))
+    keep_checkpoints: int = field(default=3, metadata=_help("latest checkpoints kept (the best is kept apart)"))
+    max_failures: int = field(default=2, metadata=_help("worker-group restarts from the latest checkpoint"))
+    log_every: int = field(default=50, metadata=_help("steps between progress lines"))
+    val_queries: int = field(default=5000, metadata=_help("val rows ranked against the full bank each epoch (0 = all)"))
+    best_metric: str = field(default="val/R@10", metadata=_help("metric that picks the best checkpoint (higher wins)"))
+    fail_at_step: int = field(default=-1, metadata=_help("testing: raise in worker 0 once at this step"))
+    data: DataConfig = field(default_factory=DataConfig)
+    tower: TowerConfig = field(default_factory=TowerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a non-empty directory name, got {self.name!r}")
+        if self.workers < 0 or self.threads_per_worker < 1:
+            raise ValueError("workers must be >= 0 and threads_per_worker >= 1")
+        if self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.max_failures < 0 or self.log_every < 1:
+            raise ValueError("checkpoint_every, keep_checkpoints, log_every must be >= 1; max_failures >= 0")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.storage).resolve() / self.name

@@ -1,0 +1,210 @@
+"""Query and doc towers. Every output lives in the bank's space and is L2-normalised.
+
+The parameter-free query towers (`last`, `mean`, `exp`) are the heuristic baselines run through
+the same code path as the trained ones (`gru`, `lstm`, `transformer`), so a trained tower is always
+compared on equal terms. `TwoTower.encode_queries` is the one function that turns context vectors
+into query vectors, for training, validation, evaluation and export alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QueryKind = Literal["last", "mean", "exp", "gru", "lstm", "transformer"]
+DocKind = Literal["identity", "mlp"]
+PARAMETER_FREE = ("last", "mean", "exp")
+
+
+@dataclass
+class TowerConfig:
+    query: QueryKind = field(default="gru", metadata={"help": "query tower: last, mean, exp, gru, lstm, transformer"})
+    alpha: float = field(default=0.5, metadata={"help": "exp tower: weight alpha**d for the chunk d steps back"})
+    hidden: int = field(default=0, metadata={"help": "hidden width of trainable towers (0 = bank dim)"})
+    layers: int = field(default=1, metadata={"help": "recurrent / transformer layers"})
+    heads: int = field(default=4, metadata={"help": "transformer attention heads"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout inside trainable towers"})
+    residual: bool = field(default=True, metadata={"help": "add the last context vector to the tower's output"})
+    doc: DocKind = field(default="identity", metadata={"help": "doc tower: identity (the bank is the index) or mlp"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"tower.alpha must be in (0, 1], got {self.alpha}")
+        if self.hidden < 0 or self.layers < 1 or self.heads < 1:
+            raise ValueError("tower.hidden must be >= 0, tower.layers and tower.heads >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"tower.dropout must be in [0, 1), got {self.dropout}")
+
+
+def real_mask(lengths: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, k] True where the left-padded context row is real (the last `length` rows)."""
+    back = torch.arange(k - 1, -1, -1, device=lengths.device)
+    return back[None, :] < lengths[:, None]
+
+
+class WeightedMean(nn.Module):
+    """Weight alpha**d for the chunk d steps back from the last; alpha=1 is the mean, alpha=0 the last."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        k = context.shape[1]
+        back = torch.arange(k - 1, -1, -1, device=context.device, dtype=context.dtype)
+        weights = torch.where(real_mask(lengths, k), self.alpha ** back, torch.zeros_like(back))
+        return torch.einsum("bk,bkd->bd", weights, context)
+
+
+class Recurrent(nn.Module):
+    """GRU or LSTM over the context; the final state, projected back to the bank's dim."""
+
+    def __init__(self, cell: str, dim: int, hidden: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        rnn = nn.GRU if cell == "gru" else nn.LSTM
+        self.rnn = rnn(dim, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(self, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        states, _ = self.rnn(context)
+        return self.out(states[:, -1])
+
+
+class CausalTransformer(nn.Module):
+    """Causal self-attention with positions counted back from the last chunk, pooled at the last step."""
+
+    def __init__(self, dim: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int = 512) -> None:
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"tower.hidden ({hidden}) must be divisible by tower.heads ({heads})")
+        self.heads = heads
+        self.inp = nn.Linear(dim, hidden)
+        self.pos = nn.Embedding(max_len, hidden)
+        layer = nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(self, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        b, k, _ = context.shape
+        back = torch.arange(k - 1, -1, -1, device=context.device)
+        x = self.inp(context) + self.pos(back)[None]
+        real = real_mask(lengths, k)
+        eye = torch.eye(k, dtype=torch.bool, device=context.device)
+        allowed = torch.tril(torch.ones(k, k, dtype=torch.bool, device=context.device))[None] & (real[:, None, :] | eye)
+        blocked = (~allowed).repeat_interleave(self.heads, dim=0)
+        return self.out(self.encoder(x, mask=blocked)[:, -1])
+
+
+class QueryTower(nn.Module):
+    """Context [B, k, D] (left-padded) + lengths [B] -> unit query vectors [B, D]."""
+
+    def __init__(self, cfg: TowerConfig, dim: int) -> None:
+        super().__init__()
+        hidden = cfg.hidden or dim
+        self.kind = cfg.query
+        self.residual = cfg.residual and cfg.query not in PARAMETER_FREE
+        if cfg.query == "last":
+            self.body: nn.Module = WeightedMean(0.0)
+        elif cfg.query == "mean":
+            self.body = WeightedMean(1.0)
+        elif cfg.query == "exp":
+            self.body = WeightedMean(cfg.alpha)
+        elif cfg.query in ("gru", "lstm"):
+            self.body = Recurrent(cfg.query, dim, hidden, cfg.layers, cfg.dropout)
+        else:
+            self.body = CausalTransformer(dim, hidden, cfg.layers, cfg.heads, cfg.dropout)
+
+    def forward(self, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        out = self.body(context, lengths)
+        if self.residual:
+            out = out + context[:, -1]
+        return F.normalize(out, dim=-1)
+
+
+class DocTower(nn.Module):
+    """Bank vectors -> index vectors. `identity` keeps the bank as the index; `mlp` learns a residual map."""
+
+    def __init__(self, kind: DocKind, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.mlp = None if kind == "identity" else nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        if self.mlp is None:
+            return vectors
+        return F.normalize(vectors + self.mlp(vectors), dim=-1)
+
+
+class TwoTower(nn.Module):
+    """The model: a query tower over context chunks and a doc tower over bank vectors, one shared space."""
+
+    def __init__(self, cfg: TowerConfig, dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.dim = dim
+        self.query = QueryTower(cfg, dim)
+        self.doc = DocTower(cfg.doc, dim, cfg.hidden or dim)
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def forward(self, context: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor):
+        """Training step's forward (one call, so DDP syncs both towers): (queries, positives)."""
+        return self.encode_queries(context, lengths), self.encode_docs(targets)
+
+    def encode_queries(self, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.query(context, lengths)
+
+    def encode_docs(self, vectors: torch.Tensor) -> torch.Tensor:
+        return self.doc(vectors)
+
+
+def gather(bank: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Vectors for keys of any shape; key -1 (padding) gives a zero vector."""
+    out = bank[keys.clamp(min=0)]
+    return out * (keys >= 0).unsqueeze(-1).to(out.dtype)
+
+
+@torch.no_grad()
+def query_vectors(model: TwoTower, bank: np.ndarray, context_keys: np.ndarray, lengths: np.ndarray,
+                  batch: int = 4096, device: str = "cpu") -> np.ndarray:
+    """Unit query vectors [Q, D] for context keys, through `encode_queries` (the training code path)."""
+    from raytt.retrieval import as_tensor
+
+    model.eval()
+    bank_t = as_tensor(bank)
+    keys = torch.as_tensor(np.asarray(context_keys, dtype=np.int64))
+    lens = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
+    out = np.empty((len(keys), bank.shape[1]), dtype=np.float32)
+    for s in range(0, len(keys), batch):
+        ctx = gather(bank_t, keys[s:s + batch]).to(device)
+        out[s:s + batch] = model.encode_queries(ctx, lens[s:s + batch].to(device)).float().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def index_vectors(model: TwoTower, bank: np.ndarray, batch: int = 65_536, device: str = "cpu") -> np.ndarray:
+    """The retrieval index: the bank itself for the identity doc tower (no copy), else the doc tower's output."""
+    if model.doc.kind == "identity":
+        return bank
+    from raytt.retrieval import as_tensor
+
+    model.eval()
+    bank_t = as_tensor(bank)
+    out = np.empty_like(bank, dtype=np.float32)
+    for s in range(0, len(bank), batch):
+        out[s:s + batch] = model.encode_docs(bank_t[s:s + batch].to(device)).float().cpu().numpy()
+    return out
+
+
+def describe(model: TwoTower) -> str:
+    params = sum(p.numel() for p in model.parameters())
+    cfg = dataclasses.asdict(model.cfg)
+    return f"query={cfg['query']} doc={cfg['doc']} dim={model.dim} params={params:,}"

@@ -1,0 +1,350 @@
+"""Training on Ray: the per-worker loop, the `TorchTrainer` around it, checkpoints and resume.
+
+The driver checks the data (provenance, split leaks), puts the bank in the object store once, and
+hands Ray Train a Ray Dataset over the train shards. Each worker streams key batches, resolves keys
+to vectors from the shared bank, and trains with candidates gathered from every worker. Each epoch
+ends with full-bank validation on the val split and a checkpoint; the best one is copied to `best/`.
+`workers: 0` runs the same loop in this process (Ray Train's local mode) for debugging.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from raytt import checkpoints, config
+from raytt.bank import load_bank
+from raytt.errors import ConfigError, RayttError
+from raytt.evaluate import KS, in_batch_accuracy, load_queries
+from raytt.losses import Batch, in_batch_accuracy as batch_accuracy, objective
+from raytt.retrieval import as_tensor, mrr_at, recall_at, scan
+from raytt.runconfig import TrainConfig
+from raytt.sequences import check_provenance, open_shards
+from raytt.storage import atomic_dir, write_json
+from raytt.towers import TwoTower, describe, gather, index_vectors, query_vectors
+
+Progress = Callable[[str], None]
+COLUMNS = ["context_keys", "context_len", "target_key"]
+SAME_RUN_FIELDS = ("tower", "loss", "data")
+
+
+# ---- the worker -------------------------------------------------------------------------------------------
+
+class Worker:
+    """Everything one training worker holds: model, optimizer, data iterator, position in the run."""
+
+    def __init__(self, cfg: TrainConfig, loop: dict) -> None:
+        import ray
+        import ray.train
+        import ray.train.torch
+
+        self.cfg = cfg
+        self.local = loop["local"]
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        torch.set_num_threads(cfg.threads_per_worker)
+        self.device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+        self.bank_np = ray.get(loop["bank"]).vectors
+        self.bank = as_tensor(self.bank_np).to(self.device)
+        self.val = loop["val"]
+        self.steps_per_epoch = loop["steps_per_epoch"]
+        torch.manual_seed(cfg.seed)
+        self.model = TwoTower(cfg.tower, self.bank.shape[1]).to(self.device)
+        self.net = ray.train.torch.prepare_model(self.model) if self.world > 1 and self.model.trainable else self.model
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay) if params else None
+        total = cfg.optim.epochs * self.steps_per_epoch
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _lr_factor(s, cfg.optim.warmup_steps, total)) \
+            if self.opt else None
+        self.step, self.epoch, self.batch_in_epoch, self.best = 0, 0, 0, -math.inf
+        self.data = ray.train.get_dataset_shard("train")
+        self._restore(ray.train.get_checkpoint(), loop["resume"])
+
+    def _restore(self, reported, resume: str | None) -> None:
+        """Continue from Ray's latest checkpoint (after a worker failure) or the run's latest (on re-run)."""
+        if reported is not None:
+            with reported.as_directory() as folder:
+                self._load(Path(folder))
+        elif resume:
+            self._load(Path(resume))
+
+    def _load(self, folder: Path) -> None:
+        self.model.load_state_dict(torch.load(folder / checkpoints.MODEL, weights_only=True, map_location=self.device))
+        state = checkpoints.load_state(folder)
+        if self.opt:
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best = state["best"]
+        checkpoints.set_rng_state(state["rng"])
+        self.log(f"train: resumed from {folder.name} at step {self.step} (epoch {self.epoch}, "
+                 f"batch {self.batch_in_epoch})")
+
+    def log(self, line: str) -> None:
+        if self.rank == 0:
+            print(line, flush=True)
+
+    def batches(self):
+        """This epoch's batches, skipping those already trained on before a resume."""
+        it = self.data.iter_torch_batches(
+            batch_size=self.cfg.data.batch_size, drop_last=True, prefetch_batches=self.cfg.data.prefetch_batches,
+            local_shuffle_buffer_size=self.cfg.data.shuffle_buffer or None,
+            local_shuffle_seed=self.cfg.seed + 1000 * self.epoch + self.rank if self.cfg.data.shuffle_buffer else None,
+            collate_fn=key_collate())
+        for i, batch in enumerate(it):
+            if i >= self.batch_in_epoch:
+                yield batch
+
+    def train_step(self, keys: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+        """One optimizer step on one batch; returns (loss, in-batch accuracy)."""
+        keys, lengths, target = keys.to(self.device), lengths.to(self.device), target.to(self.device)
+        train = self.opt is not None
+        self.net.train(train)
+        with torch.set_grad_enabled(train):
+            queries, positives = self.net(gather(self.bank, keys), lengths, self.bank[target])
+            candidates, cand_keys, offset = self._gather(positives, target)
+            batch = Batch(queries, positives, target, candidates, cand_keys, offset)
+            loss = objective(self.cfg.loss, batch)
+            if train:
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.cfg.optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+                self.opt.step()
+                self.sched.step()
+        self.candidates = len(cand_keys)
+        return float(loss.detach()), batch_accuracy(batch)
+
+    def _gather(self, positives: torch.Tensor, target: torch.Tensor):
+        """Every worker's positives as candidates; this worker's rows keep their gradient."""
+        if self.world == 1:
+            return positives, target, 0
+        parts = [torch.empty_like(positives) for _ in range(self.world)]
+        key_parts = [torch.empty_like(target) for _ in range(self.world)]
+        dist.all_gather(parts, positives.detach().contiguous())
+        dist.all_gather(key_parts, target.contiguous())
+        parts[self.rank] = positives
+        return torch.cat(parts), torch.cat(key_parts), self.rank * len(target)
+
+    def validate(self) -> dict:
+        """Full-bank validation on the val split (rank 0), through the same query function as evaluation."""
+        if self.rank != 0:
+            return {}
+        ctx, lengths, target = self.val
+        queries = query_vectors(self.model, self.bank_np, ctx, lengths, device=self.device)
+        index = index_vectors(self.model, self.bank_np, device=self.device)
+        ranks = scan(queries, target, index, top_m=0).ranks
+        out = {f"val/R@{k}": recall_at(ranks, k) for k in KS}
+        out["val/MRR@10"] = mrr_at(ranks, 10)
+        out["val/in_batch_acc"] = in_batch_accuracy(queries, index[target], target, self.cfg.data.batch_size)
+        return out
+
+    def state(self) -> dict:
+        return {"optimizer": self.opt.state_dict() if self.opt else {}, "scheduler": self.sched.state_dict() if self.sched else {},
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
+                "rng": checkpoints.rng_state()}
+
+    def report(self, metrics: dict, checkpoint: bool) -> None:
+        """Report to Ray Train; rank 0 attaches the checkpoint (written to a temp dir, persisted by Ray)."""
+        import ray.train
+
+        if self.rank == 0:
+            _append_jsonl(self.cfg.run_dir / "metrics.jsonl", metrics)
+        if not (checkpoint and self.rank == 0):
+            ray.train.report(metrics)
+            return
+        name = f"{checkpoints.PREFIX}{self.step:09d}"
+        meta = {"step": self.step, "epoch": self.epoch, "metrics": metrics, "tower": config.to_dict(self.cfg.tower),
+                "dim": int(self.bank.shape[1])}
+        if self.local:
+            with atomic_dir(self.cfg.run_dir / name, overwrite=True) as tmp:
+                checkpoints.save(tmp, self.model, self.state(), meta)
+            _prune(self.cfg.run_dir, self.cfg.keep_checkpoints)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(self.cfg.run_dir / name))
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoints.save(Path(tmp), self.model, self.state(), meta)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+
+    def keep_best(self, metrics: dict) -> None:
+        value = metrics.get(self.cfg.best_metric)
+        if self.rank != 0 or value is None or value <= self.best:
+            return
+        self.best = value
+        with atomic_dir(self.cfg.run_dir / "best", overwrite=True) as tmp:
+            checkpoints.save(tmp, self.model, {}, {"step": self.step, "epoch": self.epoch, "metrics": metrics,
+                                                   "tower": config.to_dict(self.cfg.tower), "dim": int(self.bank.shape[1])})
+        self.log(f"train: new best {self.cfg.best_metric} = {value:.4f} at step {self.step}, saved to best/")
+
+    def maybe_fail(self) -> None:
+        """Testing hook: worker 0 raises once at `fail_at_step` (a marker file makes it once per run)."""
+        marker = self.cfg.run_dir / ".injected_failure"
+        if self.rank == 0 and self.step == self.cfg.fail_at_step and not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"injected failure at step {self.step}")
+
+
+def train_loop(loop: dict) -> None:
+    """The function every Ray Train worker runs."""
+    cfg = config.from_dict(TrainConfig, loop["cfg"], "train loop config")
+    w = Worker(cfg, loop)
+    window_loss, window_acc, window_n, t0 = 0.0, 0.0, 0, time.perf_counter()
+    while w.epoch < cfg.optim.epochs:
+        for keys, lengths, target in w.batches():
+            loss, acc = w.train_step(keys, lengths, target)
+            w.step += 1
+            w.batch_in_epoch += 1
+            window_loss, window_acc, window_n = window_loss + loss, window_acc + acc, window_n + 1
+            if w.step % cfg.log_every == 0 or w.step % cfg.checkpoint_every == 0:
+                elapsed = time.perf_counter() - t0
+                metrics = {"step": w.step, "epoch": w.epoch, "train/loss": window_loss / window_n,
+                           "train/in_batch_acc": window_acc / window_n, "train/candidates": w.candidates,
+                           "train/samples_per_s": window_n * cfg.data.batch_size * w.world / elapsed,
+                           "lr": w.sched.get_last_lr()[0] if w.sched else 0.0}
+                w.log(f"step {w.step:>6}  epoch {w.epoch}  loss {metrics['train/loss']:.4f}  in-batch acc "
+                      f"{metrics['train/in_batch_acc']:.3f}  {metrics['train/samples_per_s']:,.0f} samples/s")
+                w.report(metrics, checkpoint=w.step % cfg.checkpoint_every == 0)
+                window_loss, window_acc, window_n, t0 = 0.0, 0.0, 0, time.perf_counter()
+            w.maybe_fail()
+        w.epoch += 1
+        w.batch_in_epoch = 0
+        metrics = {"step": w.step, "epoch": w.epoch, **w.validate()}
+        if w.rank == 0:
+            w.log(f"epoch {w.epoch}/{cfg.optim.epochs}  step {w.step}  val full-bank R@10 {metrics['val/R@10']:.4f}  "
+                  f"R@100 {metrics['val/R@100']:.4f}  MRR@10 {metrics['val/MRR@10']:.4f}  "
+                  f"(val in-batch acc {metrics['val/in_batch_acc']:.3f})")
+            w.keep_best(metrics)
+        w.report(metrics, checkpoint=True)
+
+
+class KeyBatch:
+    """Ray Data collate step: a numpy batch of shard rows -> (context keys [B, k], lengths [B], targets [B])."""
+
+    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        keys = batch["context_keys"]
+        if keys.dtype == object:
+            keys = np.stack(keys)
+        return (torch.as_tensor(keys, dtype=torch.int64), torch.as_tensor(batch["context_len"], dtype=torch.int64),
+                torch.as_tensor(batch["target_key"], dtype=torch.int64))
+
+
+def key_collate() -> "KeyBatch":
+    """KeyBatch as Ray Data's NumpyBatchCollateFn (imported lazily: ray.data is heavy)."""
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    return type("KeyCollate", (KeyBatch, NumpyBatchCollateFn), {})()
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    found = sorted(p for p in run_dir.glob(f"{checkpoints.PREFIX}*") if (p / checkpoints.META).is_file())
+    for old in found[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- the driver -------------------------------------------------------------------------------------------
+
+def check_same_run(cfg: TrainConfig) -> None:
+    """Re-running a name resumes it: refuse if the model, loss or data differ from what it was trained with."""
+    path = cfg.run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    before = config.to_dict(config.load(TrainConfig, path))
+    now = config.to_dict(cfg)
+    changed = [k for k in SAME_RUN_FIELDS if before[k] != now[k]]
+    if changed:
+        raise ConfigError(f"{path}: run {cfg.name!r} exists with different {changed}; resume it unchanged or "
+                          f"pick another --name")
+
+
+def prepare(cfg: TrainConfig, progress: Progress = print) -> dict:
+    """Driver-side checks and inputs, before Ray starts any worker."""
+    shards = open_shards(cfg.data.shards)
+    bank = load_bank(cfg.data.bank)
+    check_provenance(shards.manifest, bank.manifest, str(Path(cfg.data.shards) / "manifest.json"))
+    train_rows = shards.rows("train")
+    per_step = cfg.data.batch_size * max(1, cfg.workers)
+    if train_rows < per_step:
+        raise RayttError(f"{cfg.data.shards}: {train_rows} train rows, fewer than one step of "
+                         f"{per_step} (data.batch_size x workers)")
+    if shards.rows("val") == 0:
+        raise RayttError(f"{cfg.data.shards}: the val split is empty; full-bank validation needs it")
+    val = load_queries(shards, "val", cfg.val_queries, cfg.seed)
+    check_same_run(cfg)
+    progress(f"train: {train_rows:,} train rows, {len(val):,} val queries against {bank.num_vectors:,} x {bank.dim}; "
+             f"{describe(TwoTower(cfg.tower, bank.dim))}; {max(1, cfg.workers)} worker(s)")
+    return {"shards": shards, "bank": bank, "val": (val.context, val.lengths, val.target),
+            "steps_per_epoch": train_rows // per_step}
+
+
+def train(cfg: TrainConfig, progress: Progress = print) -> dict:
+    """Run (or resume) training; returns the summary written to RUN/summary.json."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    inputs = prepare(cfg, progress)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.dump(cfg, run_dir / "config.yaml")
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(os.cpu_count() or 1, max(1, cfg.workers) * cfg.threads_per_worker + 1),
+                 logging_config=ray.LoggingConfig(log_level="WARNING"))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    resume = checkpoints.latest(run_dir)
+    if resume:
+        progress(f"train: run {cfg.name!r} exists; resuming from {resume.name}")
+    dataset = ray.data.read_parquet([str(p) for p in inputs["shards"].files("train")], columns=COLUMNS)
+    loop = {"cfg": config.to_dict(cfg), "bank": ray.put(inputs["bank"]), "val": inputs["val"],
+            "steps_per_epoch": inputs["steps_per_epoch"], "resume": str(resume) if resume else None,
+            "local": cfg.workers == 0}
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=loop, datasets={"train": dataset},
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.threads_per_worker}),
+        run_config=RunConfig(name=cfg.name, storage_path=str(run_dir.parent),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)))
+    started = time.perf_counter()
+    result = trainer.fit()
+    if result.error:
+        raise RayttError(f"train: run {cfg.name!r} failed: {result.error}")
+    summary = _summary(cfg, time.perf_counter() - started)
+    write_json(run_dir / "summary.json", summary)
+    best = summary["best"]
+    progress(f"train: done in {summary['seconds']:.0f}s, {summary['steps']} steps; best {cfg.best_metric} = "
+             f"{best['value']:.4f} at step {best['step']} ({run_dir / 'best'})")
+    return summary
+
+
+def _summary(cfg: TrainConfig, seconds: float) -> dict:
+    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    best_meta = checkpoints.read_meta(cfg.run_dir / "best")
+    return {"name": cfg.name, "seconds": seconds, "steps": max(r["step"] for r in rows),
+            "epochs": max(r["epoch"] for r in rows),
+            "best": {"metric": cfg.best_metric, "value": best_meta["metrics"][cfg.best_metric],
+                     "step": best_meta["step"], "epoch": best_meta["epoch"]},
+            "last_val": next((r for r in reversed(rows) if "val/R@10" in r), {})}
