@@ -24,6 +24,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/build_scale.py
+	$(BIN)/python bench/eval_scale.py
+	$(BIN)/python bench/train_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

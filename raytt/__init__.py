@@ -1,10 +1,10 @@
 """raytt: distributed training of two-tower retrievers on Ray.
 
 The subcommands of the `raytt` CLI are importable functions: `synth`, `build`, `import_vectors`,
-`inspect`, `demo` (see `raytt.commands`).
+`inspect`, `train`, `evaluate`, `compare`, `demo` (see `raytt.commands`).
 """
 
-from raytt.commands import build, demo, import_vectors, inspect, synth
+from raytt.commands import build, compare, demo, evaluate, import_vectors, inspect, synth, train
 
-__all__ = ["build", "demo", "import_vectors", "inspect", "synth"]
+__all__ = ["build", "compare", "demo", "evaluate", "import_vectors", "inspect", "synth", "train"]
 __version__ = "0.1.0"

@@ -82,13 +82,13 @@ def _percentiles(x: np.ndarray) -> dict[str, float]:
 
 def diagnostics(result: Scan, queries: Queries, article_codes: np.ndarray) -> dict:
     """cos(query, truth) vs cos(query, top impostor), the margin, and where the top impostors come from."""
-    impostor = result.top_keys[:, 0]
-    margin = result.truth_score - result.top_scores[:, 0]
+    impostor = result.impostor_key
+    margin = result.truth_score - result.impostor_score
     in_context = (queries.context == impostor[:, None]).any(1)
     same_article = ~in_context & (article_codes[impostor] == article_codes[queries.target])
     return {
         "cos_truth": _percentiles(result.truth_score),
-        "cos_top_impostor": _percentiles(result.top_scores[:, 0]),
+        "cos_top_impostor": _percentiles(result.impostor_score),
         "margin_mean": float(margin.mean()),
         "positive_margin_share": float((margin > 0).mean()),
         "top_impostor_from": {"context_chunk": float(in_context.mean()), "same_article": float(same_article.mean()),
@@ -123,7 +123,7 @@ def oracle_check(shards: ShardSet, queries: Queries, index_bank: Bank, progress:
                         f"({truth_bank.num_vectors:,} x {truth_bank.dim}) cannot be looked up in {index_bank.path} "
                         f"({index_bank.num_vectors:,} x {index_bank.dim})")
     truth_vecs = truth_bank.vectors[queries.target]
-    result = scan(truth_vecs, queries.target, index_bank.vectors, top_m=1)
+    result = scan(truth_vecs, queries.target, index_bank.vectors)
     self_cos = result.truth_score
     mismatched = self_cos < SELF_COS_MIN
     duplicates = (result.ranks > 1) & ~mismatched
@@ -145,9 +145,8 @@ def rank_methods(methods: dict[str, np.ndarray], queries: Queries, index: np.nda
                  device: str | None = None, progress: Progress = print) -> dict:
     """Both views, histogram and diagnostics for every method's query vectors."""
     out = {"views": {v: {} for v in VIEWS}, "histogram": {}, "diagnostics": {}, "ranks": {}}
-    top_m = 1 + queries.context.shape[1]
     for name, vectors in methods.items():
-        result = scan(vectors, queries.target, index, context=queries.context, top_m=top_m, device=device)
+        result = scan(vectors, queries.target, index, context=queries.context, device=device)
         out["views"]["all"][name] = metrics(result.ranks)
         out["views"]["context_excluded"][name] = metrics(result.ranks_excl)
         out["histogram"][name] = histogram(result.ranks)
@@ -222,8 +221,7 @@ def _val_gap(shards: ShardSet, bank: Bank, net, index: np.ndarray, report: dict,
     from raytt.towers import query_vectors
 
     val = load_queries(shards, "val", max_queries)
-    ranks = scan(query_vectors(net, bank.vectors, val.context, val.lengths), val.target, index, top_m=0,
-                 device=device).ranks
+    ranks = scan(query_vectors(net, bank.vectors, val.context, val.lengths), val.target, index, device=device).ranks
     here = report["views"]["all"]["model"]["R@10"]
     return {"val_R@10": recall_at(ranks, 10), f"{report['split']}_R@10": here, "gap": recall_at(ranks, 10) - here}
 

@@ -3,8 +3,8 @@
 `scan` scores every query against every index vector in chunks (never a [Q, N] matrix held whole)
 and returns, per query, the 1-based rank of its truth in two views: all candidates, and with the
 query's own context chunks removed. Ties count against the model: any other candidate scoring
-within `TIE_EPS` of the truth (or above it) ranks ahead of it. It also keeps the top-m impostors
-(best-scoring candidates other than the truth) for diagnostics.
+within `TIE_EPS` of the truth (or above it) ranks ahead of it. It also keeps the top impostor (the
+best-scoring candidate other than the truth) of each view for diagnostics.
 """
 
 from __future__ import annotations
@@ -33,88 +33,90 @@ def default_device() -> str:
 class Scan:
     """Per-query results of one pass over the index."""
 
-    ranks: np.ndarray          # [Q] rank of the truth among all candidates
-    ranks_excl: np.ndarray     # [Q] rank with the query's context chunks removed
-    truth_score: np.ndarray    # [Q] q . index[truth]
-    top_scores: np.ndarray     # [Q, m] best impostor scores, descending
-    top_keys: np.ndarray       # [Q, m] their keys
+    ranks: np.ndarray           # [Q] rank of the truth among all candidates
+    ranks_excl: np.ndarray      # [Q] rank with the query's context chunks removed
+    truth_score: np.ndarray     # [Q] q . index[truth]
+    impostor_score: np.ndarray  # [Q] best score of any other candidate (all-candidates view)
+    impostor_key: np.ndarray    # [Q] its key
+    impostor_score_excl: np.ndarray  # [Q] the same with context chunks removed
+    impostor_key_excl: np.ndarray
 
 
 def scan(queries: np.ndarray, truth: np.ndarray, index: np.ndarray, context: np.ndarray | None = None,
-         top_m: int = 1, bank_chunk: int = 32_768, query_block: int = 1_024, device: str | None = None) -> Scan:
+         bank_chunk: int = 4_096, query_block: int = 256, device: str | None = None) -> Scan:
     """Rank every query's truth against the whole index (exact inner product), in both views.
 
-    `context` [Q, k] holds each query's context keys (-1 = padding); the truth is never a candidate
-    against itself. The context-excluded rank is the all-candidates rank minus the context chunks that
-    scored at or above the truth, so the two views differ by exactly those chunks.
+    `context` [Q, k] holds each query's context keys (-1 = padding). One pass over the index with the
+    truth and the context chunks masked gives the context-excluded rank and top impostor; the context
+    chunks' own scores then give the all-candidates view, so the two views differ by exactly those
+    chunks. Blocks are small enough that the max and count passes run on cache-hot scores, and rows
+whose block maximum is below their truth skip the count (no candidate there can rank ahead).
     """
     device = device or default_device()
     q_all = as_tensor(np.ascontiguousarray(queries, dtype=np.float32))
     idx = as_tensor(index)
     idx_dev = idx.to(device) if device != "cpu" else idx
-    truth_t = torch.as_tensor(np.asarray(truth, dtype=np.int64))
-    n, nq = idx.shape[0], len(truth_t)
-    m = min(top_m, n - 1)
+    truth_np = np.asarray(truth, dtype=np.int64)
+    ctx_np = _distinct_context(np.asarray(context, dtype=np.int64), truth_np) if context is not None \
+        else np.full((len(truth_np), 1), -1, dtype=np.int64)
+    blocked_all = torch.as_tensor(np.concatenate([truth_np[:, None], ctx_np], 1))
+    n, nq = idx.shape[0], len(truth_np)
     counts = torch.empty(nq, dtype=torch.int64)
-    truth_score = torch.empty(nq)
-    top_s = torch.empty(nq, m)
-    top_k = torch.empty(nq, m, dtype=torch.int64)
+    truth_score, best_s = torch.empty(nq), torch.empty(nq)
+    best_k = torch.empty(nq, dtype=torch.int64)
     for qs in range(0, nq, query_block):
         q = q_all[qs:qs + query_block].to(device)
-        t = truth_t[qs:qs + query_block].to(device)
-        target = (q * idx_dev[t]).sum(1)
+        blocked = blocked_all[qs:qs + query_block].to(device)
+        target = (q * idx_dev[blocked[:, 0]]).sum(1)
         threshold = (target - TIE_EPS)[:, None]
-        count = torch.zeros(len(t), dtype=torch.int64, device=device)
-        best_s = torch.full((len(t), m), -torch.inf, device=device)
-        best_k = torch.full((len(t), m), -1, dtype=torch.int64, device=device)
+        count = torch.zeros(len(q), dtype=torch.int64, device=device)
+        top_s = torch.full((len(q),), -torch.inf, device=device)
+        top_k = torch.full((len(q),), -1, dtype=torch.int64, device=device)
         for bs in range(0, n, bank_chunk):
             scores = q @ idx_dev[bs:bs + bank_chunk].T
-            inside = (t >= bs) & (t < bs + scores.shape[1])
-            rows = torch.nonzero(inside).squeeze(1)
-            scores[rows, t[rows] - bs] = -torch.inf
-            count += (scores >= threshold).sum(1)
-            if m:
-                s, k = scores.topk(m, dim=1)
-                merged_s, order = torch.cat([best_s, s], 1).topk(m, dim=1)
-                best_k = torch.cat([best_k, k + bs], 1).gather(1, order)
-                best_s = merged_s
-        sl = slice(qs, qs + len(t))
-        counts[sl], truth_score[sl] = count.cpu(), target.cpu()
-        top_s[sl], top_k[sl] = best_s.cpu(), best_k.cpu()
-    ranks = counts.numpy() + 1
-    ranks_excl = ranks.copy()
-    if context is not None:
-        ranks_excl -= _context_ahead(q_all, idx, np.asarray(context, dtype=np.int64), truth_score.numpy(),
-                                     np.asarray(truth, dtype=np.int64))
-    return Scan(ranks, ranks_excl, truth_score.numpy(), top_s.numpy(), top_k.numpy())
+            rows, cols = torch.nonzero((blocked >= bs) & (blocked < bs + scores.shape[1]), as_tuple=True)
+            scores[rows, blocked[rows, cols] - bs] = -torch.inf
+            s = scores.amax(1)
+            hit = torch.nonzero(s >= threshold[:, 0]).squeeze(1)
+            if 2 * len(hit) > len(q):
+                count += torch.count_nonzero(scores >= threshold, dim=1)
+            elif len(hit):
+                count[hit] += torch.count_nonzero(scores[hit] >= threshold[hit], dim=1)
+            better = torch.nonzero(s > top_s).squeeze(1)
+            if len(better):
+                top_s[better] = s[better]
+                top_k[better] = scores[better].argmax(1) + bs
+        sl = slice(qs, qs + len(q))
+        counts[sl], truth_score[sl], best_s[sl], best_k[sl] = count.cpu(), target.cpu(), top_s.cpu(), top_k.cpu()
+    ranks_excl = counts.numpy() + 1
+    ctx_scores = torch.einsum("qd,qkd->qk", q_all, idx[torch.as_tensor(ctx_np).clamp(min=0)]).numpy()
+    ctx_scores[ctx_np < 0] = -np.inf
+    ahead = (ctx_scores >= truth_score.numpy()[:, None] - TIE_EPS).sum(1)
+    best_ctx = ctx_scores.argmax(1)
+    ctx_best_s = ctx_scores[np.arange(nq), best_ctx]
+    from_ctx = ctx_best_s > best_s.numpy()
+    return Scan(ranks=ranks_excl + ahead, ranks_excl=ranks_excl, truth_score=truth_score.numpy(),
+                impostor_score=np.where(from_ctx, ctx_best_s, best_s.numpy()),
+                impostor_key=np.where(from_ctx, ctx_np[np.arange(nq), best_ctx], best_k.numpy()),
+                impostor_score_excl=best_s.numpy(), impostor_key_excl=best_k.numpy())
 
 
-def _context_ahead(queries: torch.Tensor, index: torch.Tensor, context: np.ndarray, truth_score: np.ndarray,
-                   truth: np.ndarray) -> np.ndarray:
-    """Per query, how many distinct context chunks (other than the truth) score at or above the truth."""
+def _distinct_context(context: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Context keys with the truth and repeats replaced by -1, so each chunk is counted once."""
     keys = np.where(context == truth[:, None], -1, context)
-    keys = np.where(_first_occurrence(keys), keys, -1)
-    ctx = torch.as_tensor(keys)
-    vecs = index[ctx.clamp(min=0)]
-    scores = torch.einsum("qd,qkd->qk", queries, vecs).numpy()
-    return ((scores >= truth_score[:, None] - TIE_EPS) & (keys >= 0)).sum(1)
-
-
-def _first_occurrence(keys: np.ndarray) -> np.ndarray:
-    """[Q, k] True for the first time each key appears in its row (repeated context keys count once)."""
     order = np.argsort(keys, axis=1, kind="stable")
     sorted_keys = np.take_along_axis(keys, order, 1)
     first_sorted = np.ones_like(sorted_keys, dtype=bool)
     first_sorted[:, 1:] = sorted_keys[:, 1:] != sorted_keys[:, :-1]
-    out = np.empty_like(first_sorted)
-    np.put_along_axis(out, order, first_sorted, 1)
-    return out
+    first = np.empty_like(first_sorted)
+    np.put_along_axis(first, order, first_sorted, 1)
+    return np.where(first, keys, -1)
 
 
 def truth_ranks(queries: np.ndarray, truth: np.ndarray, bank: np.ndarray, exclude: np.ndarray | None = None,
                 **kwargs) -> np.ndarray:
     """1-based rank of `bank[truth[i]]` for query i; with `exclude` [Q, m], the context-excluded rank."""
-    result = scan(queries, truth, bank, context=exclude, top_m=0, **kwargs)
+    result = scan(queries, truth, bank, context=exclude, **kwargs)
     return result.ranks if exclude is None else result.ranks_excl
 
 

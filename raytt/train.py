@@ -64,6 +64,7 @@ class Worker:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay) if params else None
         total = cfg.optim.epochs * self.steps_per_epoch
+        total = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _lr_factor(s, cfg.optim.warmup_steps, total)) \
             if self.opt else None
         self.step, self.epoch, self.batch_in_epoch, self.best = 0, 0, 0, -math.inf
@@ -89,6 +90,10 @@ class Worker:
         checkpoints.set_rng_state(state["rng"])
         self.log(f"train: resumed from {folder.name} at step {self.step} (epoch {self.epoch}, "
                  f"batch {self.batch_in_epoch})")
+
+    @property
+    def done(self) -> bool:
+        return 0 < self.cfg.optim.max_steps <= self.step
 
     def log(self, line: str) -> None:
         if self.rank == 0:
@@ -143,7 +148,7 @@ class Worker:
         ctx, lengths, target = self.val
         queries = query_vectors(self.model, self.bank_np, ctx, lengths, device=self.device)
         index = index_vectors(self.model, self.bank_np, device=self.device)
-        ranks = scan(queries, target, index, top_m=0).ranks
+        ranks = scan(queries, target, index).ranks
         out = {f"val/R@{k}": recall_at(ranks, k) for k in KS}
         out["val/MRR@10"] = mrr_at(ranks, 10)
         out["val/in_batch_acc"] = in_batch_accuracy(queries, index[target], target, self.cfg.data.batch_size)
@@ -198,8 +203,8 @@ def train_loop(loop: dict) -> None:
     """The function every Ray Train worker runs."""
     cfg = config.from_dict(TrainConfig, loop["cfg"], "train loop config")
     w = Worker(cfg, loop)
-    window_loss, window_acc, window_n, t0 = 0.0, 0.0, 0, time.perf_counter()
-    while w.epoch < cfg.optim.epochs:
+    while w.epoch < cfg.optim.epochs and not w.done:
+        window_loss, window_acc, window_n, t0 = 0.0, 0.0, 0, time.perf_counter()
         for keys, lengths, target in w.batches():
             loss, acc = w.train_step(keys, lengths, target)
             w.step += 1
@@ -216,6 +221,8 @@ def train_loop(loop: dict) -> None:
                 w.report(metrics, checkpoint=w.step % cfg.checkpoint_every == 0)
                 window_loss, window_acc, window_n, t0 = 0.0, 0.0, 0, time.perf_counter()
             w.maybe_fail()
+            if w.done:
+                break
         w.epoch += 1
         w.batch_in_epoch = 0
         metrics = {"step": w.step, "epoch": w.epoch, **w.validate()}
@@ -316,7 +323,7 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
     resume = checkpoints.latest(run_dir)
     if resume:
         progress(f"train: run {cfg.name!r} exists; resuming from {resume.name}")
-    dataset = ray.data.read_parquet([str(p) for p in inputs["shards"].files("train")], columns=COLUMNS)
+    dataset = ray.data.read_parquet([str(p) for p in inputs["shards"].files("train")]).select_columns(COLUMNS)
     loop = {"cfg": config.to_dict(cfg), "bank": ray.put(inputs["bank"]), "val": inputs["val"],
             "steps_per_epoch": inputs["steps_per_epoch"], "resume": str(resume) if resume else None,
             "local": cfg.workers == 0}

@@ -36,10 +36,10 @@ def synth_shards(synth_bank, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance for the session, sized explicitly."""
+    """One local Ray instance for the session, sized explicitly: 2 training workers plus a CPU for Ray Data."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -1,0 +1,69 @@
+"""Towers: baselines through the tower code path equal the heuristics, padding is inert, one query function."""
+
+import numpy as np
+import pytest
+import torch
+
+from raytt.heuristics import exp_weighted, last, mean
+from raytt.towers import TowerConfig, TwoTower, gather, index_vectors, query_vectors
+
+
+def _context(rng, q=16, k=5, d=12):
+    bank = rng.standard_normal((200, d)).astype(np.float32)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    lengths = rng.integers(1, k + 1, q)
+    keys = rng.integers(0, 200, (q, k))
+    keys[np.arange(k)[None, :] < (k - lengths)[:, None]] = -1
+    return bank, keys, lengths
+
+
+@pytest.mark.parametrize("kind,reference", [("last", lambda c, n: last(c, n)), ("mean", lambda c, n: mean(c, n)),
+                                            ("exp", lambda c, n: exp_weighted(c, n, 0.3))])
+def test_parameter_free_towers_equal_the_heuristics(kind, reference):
+    bank, keys, lengths = _context(np.random.default_rng(0))
+    model = TwoTower(TowerConfig(query=kind, alpha=0.3), bank.shape[1])
+    assert not model.trainable
+    got = query_vectors(model, bank, keys, lengths)
+    ctx = bank[np.clip(keys, 0, None)] * (keys >= 0)[..., None]
+    np.testing.assert_allclose(got, reference(ctx, lengths), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm", "transformer"])
+def test_trainable_towers_are_unit_and_ignore_padding(kind):
+    torch.manual_seed(0)
+    bank, keys, lengths = _context(np.random.default_rng(1))
+    model = TwoTower(TowerConfig(query=kind, hidden=16, heads=4, layers=2), bank.shape[1]).eval()
+    out = query_vectors(model, bank, keys, lengths)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    if kind == "transformer":
+        ctx = gather(torch.as_tensor(bank), torch.as_tensor(keys))
+        noisy = ctx.clone()
+        pad = torch.as_tensor(keys < 0)
+        noisy[pad] = torch.randn(int(pad.sum()), bank.shape[1])
+        with torch.no_grad():
+            a = model.encode_queries(ctx, torch.as_tensor(lengths))
+            b = model.encode_queries(noisy, torch.as_tensor(lengths))
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("doc", ["identity", "mlp"])
+def test_training_forward_and_retrieval_compute_the_same_vectors(doc):
+    torch.manual_seed(0)
+    bank, keys, lengths = _context(np.random.default_rng(2))
+    model = TwoTower(TowerConfig(query="gru", hidden=16, doc=doc), bank.shape[1]).eval()
+    target = np.arange(len(keys))
+    bank_t = torch.as_tensor(bank)
+    with torch.no_grad():
+        q_train, pos_train = model(gather(bank_t, torch.as_tensor(keys)), torch.as_tensor(lengths), bank_t[target])
+    np.testing.assert_allclose(query_vectors(model, bank, keys, lengths, batch=5), q_train.numpy(), atol=1e-6)
+    np.testing.assert_allclose(index_vectors(model, bank, batch=7)[target], pos_train.numpy(), atol=1e-6)
+    if doc == "identity":
+        assert index_vectors(model, bank) is bank
+
+
+def test_tower_config_rejects_bad_values():
+    with pytest.raises(ValueError):
+        TowerConfig(alpha=0.0)
+    with pytest.raises(ValueError, match="divisible"):
+        TwoTower(TowerConfig(query="transformer", hidden=10, heads=4), 8)

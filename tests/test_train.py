@@ -1,0 +1,78 @@
+"""Training: a tiny run converges, re-running resumes, two workers gather candidates and survive a failure."""
+
+import json
+
+import pytest
+
+from conftest import QUIET
+from raytt import config
+from raytt.commands import evaluate
+from raytt.errors import ConfigError
+from raytt.runconfig import TrainConfig
+from raytt.train import train
+
+
+def _cfg(bank, shards, storage, **over) -> TrainConfig:
+    base = [f"data.bank={bank}", f"data.shards={shards}", f"storage={storage}", "data.batch_size=64",
+            "data.shuffle_buffer=2000", "tower.hidden=64", "tower.residual=false", "loss.tau=0.1", "optim.lr=5e-3",
+            "optim.warmup_steps=5", "log_every=10", "val_queries=400"]
+    return config.load(TrainConfig, None, base + [f"{k}={v}" for k, v in over.items()])
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_converges_and_evaluates(ray_local, synth_bank, synth_shards, tmp_path):
+    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="tiny", workers=0, **{"optim.epochs": 8})
+    summary = train(cfg, progress=QUIET)
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "best"} <= {p.name for p in cfg.run_dir.iterdir()}
+    assert summary["epochs"] == 8
+    result = evaluate(run=cfg.run_dir, split="val", max_queries=400, progress=QUIET)
+    val = result["views"]["all"]
+    assert val["model"]["R@10"] > val["last"]["R@10"]
+    assert val["model"]["R@10"] == pytest.approx(summary["best"]["value"])   # validation == evaluation
+    assert (cfg.run_dir / "eval" / "val" / "training_curves.png").is_file()
+
+
+def test_rerunning_a_name_resumes_where_it_stopped(ray_local, synth_bank, synth_shards, tmp_path):
+    first = train(_cfg(synth_bank, synth_shards, tmp_path, name="resume", workers=0, **{"optim.epochs": 1}),
+                  progress=QUIET)
+    second = train(_cfg(synth_bank, synth_shards, tmp_path, name="resume", workers=0, **{"optim.epochs": 2}),
+                   progress=QUIET)
+    assert second["steps"] == 2 * first["steps"]
+    steps = [r["step"] for r in _rows(tmp_path / "resume")]
+    assert steps == sorted(steps), "a resumed run must not replay steps it had checkpointed"
+
+
+def test_two_workers_gather_candidates_and_survive_an_injected_failure(ray_local, synth_bank, synth_shards, tmp_path):
+    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="ddp", workers=2, checkpoint_every=6, fail_at_step=9,
+               log_every=3, **{"optim.epochs": 2})
+    summary = train(cfg, progress=QUIET)
+    rows = _rows(cfg.run_dir)
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert {r["train/candidates"] for r in train_rows} == {2 * 64}
+    assert (cfg.run_dir / ".injected_failure").exists()
+    steps = [r["step"] for r in train_rows]
+    replayed = [s for i, s in enumerate(steps) if s in steps[:i]]
+    assert replayed and max(replayed) - min(replayed) < cfg.checkpoint_every
+    per_epoch = [r["step"] for r in rows if "val/R@10" in r]
+    assert summary["steps"] == per_epoch[-1] == 2 * per_epoch[0]
+
+
+def test_a_run_name_cannot_silently_change_model(ray_local, synth_bank, synth_shards, tmp_path):
+    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="fixed", workers=0, **{"optim.epochs": 1})
+    train(cfg, progress=QUIET)
+    with pytest.raises(ConfigError, match="different"):
+        train(_cfg(synth_bank, synth_shards, tmp_path, name="fixed", workers=0, **{"tower.query": "lstm"}),
+              progress=QUIET)
+
+
+def test_train_config_round_trip_and_strictness(tmp_path):
+    cfg = config.load(TrainConfig, None, ["tower.query=transformer", "loss.kind=ar_mix", "optim.lr=3e-4"])
+    config.dump(cfg, tmp_path / "c.yaml")
+    assert config.load(TrainConfig, tmp_path / "c.yaml") == cfg
+    with pytest.raises(ConfigError, match="optim"):
+        config.load(TrainConfig, None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="tower.query"):
+        config.load(TrainConfig, None, ["tower.query=cnn"])
