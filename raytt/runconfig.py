@@ -76,4 +76,4 @@ class TrainConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.storage).resolve() / self.name
+        return Path(self.storage) / self.name

@@ -9,6 +9,7 @@ ends with full-bank validation on the val split and a checkpoint; the best one i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -286,6 +287,13 @@ def check_same_run(cfg: TrainConfig) -> None:
                           f"pick another --name")
 
 
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Resolve relative paths against the driver's working directory: workers run elsewhere."""
+    data = dataclasses.replace(cfg.data, bank=str(Path(cfg.data.bank).resolve()),
+                               shards=str(Path(cfg.data.shards).resolve()))
+    return dataclasses.replace(cfg, storage=str(Path(cfg.storage).resolve()), data=data)
+
+
 def prepare(cfg: TrainConfig, progress: Progress = print) -> dict:
     """Driver-side checks and inputs, before Ray starts any worker."""
     shards = open_shards(cfg.data.shards)
@@ -312,6 +320,7 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    cfg = absolute_paths(cfg)
     inputs = prepare(cfg, progress)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)

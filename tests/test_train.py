@@ -45,10 +45,14 @@ def test_rerunning_a_name_resumes_where_it_stopped(ray_local, synth_bank, synth_
     assert steps == sorted(steps), "a resumed run must not replay steps it had checkpointed"
 
 
-def test_two_workers_gather_candidates_and_survive_an_injected_failure(ray_local, synth_bank, synth_shards, tmp_path):
-    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="ddp", workers=2, checkpoint_every=6, fail_at_step=9,
+def test_two_workers_gather_candidates_and_survive_an_injected_failure(ray_local, synth_bank, synth_shards, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)   # relative storage: workers run in another directory, the driver resolves it
+    cfg = _cfg(synth_bank, synth_shards, "runs", name="ddp", workers=2, checkpoint_every=6, fail_at_step=9,
                log_every=3, **{"optim.epochs": 2})
     summary = train(cfg, progress=QUIET)
+    cfg = config.load(TrainConfig, tmp_path / "runs" / "ddp" / "config.yaml")
+    assert cfg.run_dir == tmp_path / "runs" / "ddp"
     rows = _rows(cfg.run_dir)
     train_rows = [r for r in rows if "train/loss" in r]
     assert {r["train/candidates"] for r in train_rows} == {2 * 64}
