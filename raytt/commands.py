@@ -193,7 +193,7 @@ def evaluate(run: str | Path | None = None, shards: str | Path | None = None, ba
             raise RayttError(f"{run}: not a run directory (no config.yaml); train one with `raytt train`")
         cfg = load(TrainConfig, run / "config.yaml")
         shards = shards or cfg.data.shards
-        model = Model(run, resolve(run, checkpoint), {}, cfg.data.batch_size)
+        model = Model(run, resolve(run, checkpoint), cfg.data.batch_size)
         out = out or run / "eval" / split
         metrics_jsonl = run / "metrics.jsonl"
     elif shards is None or out is None:

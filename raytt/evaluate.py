@@ -173,7 +173,6 @@ class Model:
 
     run: Path
     checkpoint: Path
-    meta: dict
     batch_size: int
 
 

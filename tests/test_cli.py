@@ -40,6 +40,11 @@ def test_config_file_and_flags(tmp_path):
     (["synth", "--out", "x", "--dim", "big"], "dim must be an integer"),
     (["synth", "--out", "x", "--set", "colour=red"], "unknown key(s) ['colour']"),
     (["inspect", "nowhere"], "no bank manifest here"),
+    (["eval"], "give --run RUN, or --shards DIR --out DIR"),
+    (["eval", "--run", "nowhere"], "not a run directory"),
+    (["train", "--set", "tower.query=cnn"], "tower.query must be one of"),
+    (["train", "--set", "data.shards=nowhere"], "no shards manifest here"),
+    (["compare", "nowhere"], "no report.json"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     proc = subprocess.run([sys.executable, "-m", "raytt.cli", *args], capture_output=True, text=True, cwd=tmp_path)
@@ -53,3 +58,11 @@ def test_too_little_data_names_the_override(tmp_path):
     assert proc.returncode == 2 and "too little data" in proc.stderr and "--min-train-pairs" in proc.stderr
     assert not (tmp_path / "s").exists()
     raytt("build", "--bank", tmp_path / "b", "--out", tmp_path / "s", "--min-train-pairs", 10)
+
+
+def test_eval_baselines_only_and_compare(synth_shards, tmp_path):
+    out = raytt("eval", "--shards", synth_shards, "--out", tmp_path / "e", "--max-queries", 200).stdout
+    assert "oracle check passed" in out and "context chunks excluded" in out and "exp0.7" in out
+    assert (tmp_path / "e" / "report.md").is_file()
+    table = raytt("compare", tmp_path / "e", "--view", "context_excluded").stdout
+    assert "context excluded" in table and "oracle" in table
