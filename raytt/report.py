@@ -179,7 +179,9 @@ def compare(paths: list[str | Path], view: str = "all") -> str:
     for path, rep in reports:
         shards.add((rep["shards"], rep["split"], rep["queries"]))
         if "model" in rep["views"][view]:
-            rows[Path(rep["run"]).name if rep["run"] else path.name] = rep["views"][view]["model"]
+            run = Path(rep["run"]) if rep["run"] else path
+            label = run.name if run.name not in rows else f"{run.parent.name}/{run.name}"
+            rows[label] = rep["views"][view]["model"]
     first = reports[0][1]["views"][view]
     rows.update({name: row for name, row in first.items() if name != "model"})
     note = "" if len(shards) == 1 else "\nwarning: the reports evaluate different shards/splits/query counts"
