@@ -77,15 +77,15 @@ whose block maximum is below their truth skip the count (no candidate there can 
             rows, cols = torch.nonzero((blocked >= bs) & (blocked < bs + scores.shape[1]), as_tuple=True)
             scores[rows, blocked[rows, cols] - bs] = -torch.inf
             s = scores.amax(1)
-            hit = torch.nonzero(s >= threshold[:, 0]).squeeze(1)
-            if 2 * len(hit) > len(q):
-                count += torch.count_nonzero(scores >= threshold, dim=1)
-            elif len(hit):
-                count[hit] += torch.count_nonzero(scores[hit] >= threshold[hit], dim=1)
             better = torch.nonzero(s > top_s).squeeze(1)
             if len(better):
                 top_s[better] = s[better]
                 top_k[better] = scores[better].argmax(1) + bs
+            hit = torch.nonzero(s >= threshold[:, 0]).squeeze(1)
+            if 2 * len(hit) > len(q):
+                count += _at_or_above(scores, threshold)
+            elif len(hit):
+                count[hit] += _at_or_above(scores[hit], threshold[hit])
         sl = slice(qs, qs + len(q))
         counts[sl], truth_score[sl], best_s[sl], best_k[sl] = count.cpu(), target.cpu(), top_s.cpu(), top_k.cpu()
     ranks_excl = counts.numpy() + 1
@@ -99,6 +99,12 @@ whose block maximum is below their truth skip the count (no candidate there can 
                 impostor_score=np.where(from_ctx, ctx_best_s, best_s.numpy()),
                 impostor_key=np.where(from_ctx, ctx_np[np.arange(nq), best_ctx], best_k.numpy()),
                 impostor_score_excl=best_s.numpy(), impostor_key_excl=best_k.numpy())
+
+
+def _at_or_above(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Per row, how many scores are >= the row's threshold. Overwrites `scores`: float ops in place run
+    about twice as fast on CPU as a boolean compare and count (a - t >= 0 iff a >= t for finite floats)."""
+    return scores.sub_(threshold).ge_(0).sum(1).to(torch.int64)
 
 
 def _distinct_context(context: np.ndarray, truth: np.ndarray) -> np.ndarray:
