@@ -24,6 +24,8 @@ class DataConfig:
     batch_size: int = field(default=256, metadata=_help("rows per worker per step"))
     shuffle_buffer: int = field(default=20_000, metadata=_help("rows in each worker's local shuffle buffer"))
     prefetch_batches: int = field(default=2, metadata=_help("batches Ray Data prepares ahead of the step"))
+    cache: bool = field(default=False, metadata=_help(
+        "materialize the train split's key rows in the object store once, so epochs do not re-read Parquet"))
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:

@@ -327,12 +327,15 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
     config.dump(cfg, run_dir / "config.yaml")
     if not ray.is_initialized():
         ray.init(num_cpus=max(os.cpu_count() or 1, max(1, cfg.workers) * cfg.threads_per_worker + 1),
-                 logging_config=ray.LoggingConfig(log_level="WARNING"))
+                 logging_config=ray.LoggingConfig(log_level="WARNING"),
+                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     ray.data.DataContext.get_current().enable_progress_bars = False
     resume = checkpoints.latest(run_dir)
     if resume:
         progress(f"train: run {cfg.name!r} exists; resuming from {resume.name}")
     dataset = ray.data.read_parquet([str(p) for p in inputs["shards"].files("train")]).select_columns(COLUMNS)
+    if cfg.data.cache:
+        dataset = dataset.materialize()
     loop = {"cfg": config.to_dict(cfg), "bank": ray.put(inputs["bank"]), "val": inputs["val"],
             "steps_per_epoch": inputs["steps_per_epoch"], "resume": str(resume) if resume else None,
             "local": cfg.workers == 0}

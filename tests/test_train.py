@@ -36,9 +36,10 @@ def test_tiny_run_converges_and_evaluates(ray_local, synth_bank, synth_shards, t
 
 
 def test_rerunning_a_name_resumes_where_it_stopped(ray_local, synth_bank, synth_shards, tmp_path):
-    first = train(_cfg(synth_bank, synth_shards, tmp_path, name="resume", workers=0, **{"optim.epochs": 1}),
+    cached = {"data.cache": "true"}   # the materialized dataset path, epoch after epoch
+    first = train(_cfg(synth_bank, synth_shards, tmp_path, name="resume", workers=0, **{"optim.epochs": 1}, **cached),
                   progress=QUIET)
-    second = train(_cfg(synth_bank, synth_shards, tmp_path, name="resume", workers=0, **{"optim.epochs": 2}),
+    second = train(_cfg(synth_bank, synth_shards, tmp_path, name="resume", workers=0, **{"optim.epochs": 2}, **cached),
                    progress=QUIET)
     assert second["steps"] == 2 * first["steps"]
     steps = [r["step"] for r in _rows(tmp_path / "resume")]
