@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raytt import checkpoints, config
 from raytt.bank import load_bank
@@ -106,7 +107,7 @@ class Worker:
             batch_size=self.cfg.data.batch_size, drop_last=True, prefetch_batches=self.cfg.data.prefetch_batches,
             local_shuffle_buffer_size=self.cfg.data.shuffle_buffer or None,
             local_shuffle_seed=self.cfg.seed + 1000 * self.epoch + self.rank if self.cfg.data.shuffle_buffer else None,
-            collate_fn=key_collate())
+            collate_fn=KeyBatch())
         for i, batch in enumerate(it):
             if i >= self.batch_in_epoch:
                 yield batch
@@ -235,7 +236,7 @@ def train_loop(loop: dict) -> None:
         w.report(metrics, checkpoint=True)
 
 
-class KeyBatch:
+class KeyBatch(NumpyBatchCollateFn):
     """Ray Data collate step: a numpy batch of shard rows -> (context keys [B, k], lengths [B], targets [B])."""
 
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -244,13 +245,6 @@ class KeyBatch:
             keys = np.stack(keys)
         return (torch.as_tensor(keys, dtype=torch.int64), torch.as_tensor(batch["context_len"], dtype=torch.int64),
                 torch.as_tensor(batch["target_key"], dtype=torch.int64))
-
-
-def key_collate() -> "KeyBatch":
-    """KeyBatch as Ray Data's NumpyBatchCollateFn (imported lazily: ray.data is heavy)."""
-    from ray.data.collate_fn import NumpyBatchCollateFn
-
-    return type("KeyCollate", (KeyBatch, NumpyBatchCollateFn), {})()
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
