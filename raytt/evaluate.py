@@ -98,16 +98,22 @@ def diagnostics(result: Scan, queries: Queries, article_codes: np.ndarray) -> di
 
 def in_batch_accuracy(queries: np.ndarray, positives: np.ndarray, target: np.ndarray, batch: int,
                       seed: int = 0) -> float:
-    """Share of queries whose positive beats every other positive of a random batch: what training sees."""
+    """Share of queries whose positive beats every other positive of a random batch: what training sees.
+
+    Scored by the training loop's own `losses.in_batch_accuracy`, on equal-sized random batches.
+    """
+    import torch
+
+    from raytt.losses import Batch
+    from raytt.losses import in_batch_accuracy as batch_accuracy
+
     order = np.random.default_rng(seed).permutation(len(target))
-    hits = []
+    accuracies = []
     for s in range(0, len(order) - batch + 1, batch):
         i = order[s:s + batch]
-        scores = queries[i] @ positives[i].T
-        own = np.diag(scores).copy()
-        scores[target[i][:, None] == target[i][None, :]] = -np.inf
-        hits.append(own > scores.max(1))
-    return float(np.concatenate(hits).mean()) if hits else float("nan")
+        q, p, t = torch.as_tensor(queries[i]), torch.as_tensor(positives[i]), torch.as_tensor(target[i])
+        accuracies.append(batch_accuracy(Batch(q, p, t, p, t, 0)))
+    return float(np.mean(accuracies)) if accuracies else float("nan")
 
 
 def oracle_check(shards: ShardSet, queries: Queries, index_bank: Bank, progress: Progress = print) -> dict:

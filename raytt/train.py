@@ -161,6 +161,11 @@ class Worker:
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
                 "rng": checkpoints.rng_state()}
 
+    def meta(self, metrics: dict) -> dict:
+        """What `checkpoints.load_model` needs to rebuild the model, plus where the run stood."""
+        return {"step": self.step, "epoch": self.epoch, "metrics": metrics, "tower": config.to_dict(self.cfg.tower),
+                "dim": int(self.bank.shape[1])}
+
     def report(self, metrics: dict, checkpoint: bool) -> None:
         """Report to Ray Train; rank 0 attaches the checkpoint (written to a temp dir, persisted by Ray)."""
         import ray.train
@@ -171,8 +176,7 @@ class Worker:
             ray.train.report(metrics)
             return
         name = f"{checkpoints.PREFIX}{self.step:09d}"
-        meta = {"step": self.step, "epoch": self.epoch, "metrics": metrics, "tower": config.to_dict(self.cfg.tower),
-                "dim": int(self.bank.shape[1])}
+        meta = self.meta(metrics)
         if self.local:
             with atomic_dir(self.cfg.run_dir / name, overwrite=True) as tmp:
                 checkpoints.save(tmp, self.model, self.state(), meta)
@@ -189,8 +193,7 @@ class Worker:
             return
         self.best = value
         with atomic_dir(self.cfg.run_dir / "best", overwrite=True) as tmp:
-            checkpoints.save(tmp, self.model, {}, {"step": self.step, "epoch": self.epoch, "metrics": metrics,
-                                                   "tower": config.to_dict(self.cfg.tower), "dim": int(self.bank.shape[1])})
+            checkpoints.save(tmp, self.model, {}, self.meta(metrics))
         self.log(f"train: new best {self.cfg.best_metric} = {value:.4f} at step {self.step}, saved to best/")
 
     def maybe_fail(self) -> None:

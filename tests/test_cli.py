@@ -45,6 +45,7 @@ def test_config_file_and_flags(tmp_path):
     (["train", "--set", "tower.query=cnn"], "tower.query must be one of"),
     (["train", "--set", "data.shards=nowhere"], "no shards manifest here"),
     (["compare", "nowhere"], "no report.json"),
+    (["eval", "--shards", "s", "--out", "o", "--split", "dev"], "--split must be one of"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     proc = subprocess.run([sys.executable, "-m", "raytt.cli", *args], capture_output=True, text=True, cwd=tmp_path)
@@ -66,3 +67,13 @@ def test_eval_baselines_only_and_compare(synth_shards, tmp_path):
     assert (tmp_path / "e" / "report.md").is_file()
     table = raytt("compare", tmp_path / "e", "--view", "context_excluded").stdout
     assert "context excluded" in table and "oracle" in table
+
+
+def test_refusals_that_need_real_shards(synth_shards, synth_bank, tmp_path):
+    proc = raytt("train", "--set", f"data.shards={synth_shards}", "--set", f"data.bank={synth_bank}",
+                 "--set", "data.batch_size=100000", "--storage", tmp_path, check=False)
+    assert proc.returncode == 2 and "fewer than one step" in proc.stderr
+    assert not (tmp_path / "demo").exists()
+    raytt("eval", "--shards", synth_shards, "--out", tmp_path / "e", "--max-queries", 50)
+    proc = raytt("compare", tmp_path / "e", "--view", "sideways", check=False)
+    assert proc.returncode == 2 and "view must be one of" in proc.stderr
