@@ -53,7 +53,7 @@ def bare_loop(bank: np.ndarray, shards, k: int, batch: int, steps: int, window: 
         if step == window:
             start = time.perf_counter()
         s = slice(step * batch, (step + 1) * batch)
-        q, p = model(ctx[s], lengths[s], pos[s])
+        q, p, _ = model(ctx[s], lengths[s], pos[s])
         loss = objective(loss_cfg, Batch(q, p, tk[s], p, tk[s], 0))
         opt.zero_grad()
         loss.backward()

@@ -1,7 +1,7 @@
 """The typed config of a training run (`raytt train --config configs/demo.yaml --set optim.lr=3e-4`).
 
 Sections mirror the code they configure: `data` (bank, shards, batches), `tower`, `loss`, `optim`,
-and the run itself (name, workers, checkpoints, validation).
+`mining` (the miner pool and its curriculum), and the run itself (name, workers, checkpoints, validation).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raytt.losses import LossConfig
+from raytt.mining import MiningConfig
 from raytt.towers import TowerConfig
 
 
@@ -67,6 +68,7 @@ class TrainConfig:
     tower: TowerConfig = field(default_factory=TowerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:

@@ -155,9 +155,18 @@ class TwoTower(nn.Module):
     def trainable(self) -> bool:
         return any(p.requires_grad for p in self.parameters())
 
-    def forward(self, context: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor):
-        """Training step's forward (one call, so DDP syncs both towers): (queries, positives)."""
-        return self.encode_queries(context, lengths), self.encode_docs(targets)
+    def forward(self, context: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                mined: torch.Tensor | None = None):
+        """Training step's forward (one call, so DDP syncs both towers): (queries, positives, mined or None).
+
+        Mined negatives [B, n, D] go through the doc tower with the positives, in the same space.
+        """
+        queries = self.encode_queries(context, lengths)
+        if mined is None:
+            return queries, self.encode_docs(targets), None
+        b, n, d = mined.shape
+        docs = self.encode_docs(torch.cat([targets, mined.reshape(b * n, d)]))
+        return queries, docs[:b], docs[b:].reshape(b, n, d)
 
     def encode_queries(self, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.query(context, lengths)

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +30,8 @@ from raytt.bank import load_bank
 from raytt.errors import ConfigError, RayttError
 from raytt.evaluate import KS, in_batch_accuracy, load_queries
 from raytt.losses import Batch, in_batch_accuracy as batch_accuracy, objective
+from raytt.mining.client import MiningClient
+from raytt.mining.pool import MinerPool
 from raytt.retrieval import as_tensor, mrr_at, recall_at, scan
 from raytt.runconfig import TrainConfig
 from raytt.sequences import check_provenance, open_shards
@@ -71,6 +74,9 @@ class Worker:
             if self.opt else None
         self.step, self.epoch, self.batch_in_epoch, self.best = 0, 0, 0, -math.inf
         self.data = ray.train.get_dataset_shard("train")
+        self.pool = loop["pool"]
+        self.miner = MiningClient(self.pool, cfg.mining, self.rank, self.model.doc.kind != "identity") \
+            if self.pool else None
         self._restore(ray.train.get_checkpoint(), loop["resume"])
 
     def _restore(self, reported, resume: str | None) -> None:
@@ -112,15 +118,41 @@ class Worker:
             if i >= self.batch_in_epoch:
                 yield batch
 
-    def train_step(self, keys: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-        """One optimizer step on one batch; returns (loss, in-batch accuracy)."""
+    def mined_batches(self):
+        """This epoch's batches with their mined negative keys (None = in-batch only).
+
+        Batches are fetched `max_in_flight` steps ahead and their mining requested on fetch: the
+        request for batch t+L goes out after batch t's answer is collected and before t trains.
+        """
+        stage = self.cfg.mining.curriculum.at(self.epoch)
+        if self.miner is None or not stage.count:
+            for batch in self.batches():
+                yield (*batch, None)
+            return
+        ahead: deque = deque()
+        for batch in self.batches():
+            due = ahead.popleft() if len(ahead) == self.cfg.mining.max_in_flight else None
+            mined = self.miner.collect(due[1], self.step) if due else None
+            self.miner.publish(self.step, self.model)
+            ahead.append((batch, self.miner.submit(stage, self.step + len(ahead) + 1, *batch)))
+            if due:
+                yield (*due[0], mined)
+        while ahead:
+            batch, ticket = ahead.popleft()
+            yield (*batch, self.miner.collect(ticket, self.step))
+
+    def train_step(self, keys: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor,
+                   mined_keys: np.ndarray | None = None) -> tuple[float, float]:
+        """One optimizer step on one batch (plus its mined negatives, if any); returns (loss, in-batch accuracy)."""
         keys, lengths, target = keys.to(self.device), lengths.to(self.device), target.to(self.device)
+        mined_keys = torch.as_tensor(mined_keys, device=self.device) if mined_keys is not None else None
         train = self.opt is not None
         self.net.train(train)
         with torch.set_grad_enabled(train):
-            queries, positives = self.net(gather(self.bank, keys), lengths, self.bank[target])
+            mined = gather(self.bank, mined_keys) if mined_keys is not None else None
+            queries, positives, mined = self.net(gather(self.bank, keys), lengths, self.bank[target], mined)
             candidates, cand_keys, offset = self._gather(positives, target)
-            batch = Batch(queries, positives, target, candidates, cand_keys, offset)
+            batch = Batch(queries, positives, target, candidates, cand_keys, offset, mined, mined_keys)
             loss = objective(self.cfg.loss, batch)
             if train:
                 self.opt.zero_grad(set_to_none=True)
@@ -130,6 +162,7 @@ class Worker:
                 self.opt.step()
                 self.sched.step()
         self.candidates = len(cand_keys)
+        self.mined = int((mined_keys >= 0).sum()) / len(target) if mined_keys is not None else 0.0
         return float(loss.detach()), batch_accuracy(batch)
 
     def _gather(self, positives: torch.Tensor, target: torch.Tensor):
@@ -197,11 +230,33 @@ class Worker:
         self.log(f"train: new best {self.cfg.best_metric} = {value:.4f} at step {self.step}, saved to best/")
 
     def maybe_fail(self) -> None:
-        """Testing hook: worker 0 raises once at `fail_at_step` (a marker file makes it once per run)."""
+        """Testing hooks, once per run (marker files): worker 0 raises at `fail_at_step`, or kills miner 0."""
+        import ray
+
         marker = self.cfg.run_dir / ".injected_failure"
         if self.rank == 0 and self.step == self.cfg.fail_at_step and not marker.exists():
             marker.touch()
             raise RuntimeError(f"injected failure at step {self.step}")
+        kill = self.cfg.run_dir / ".injected_miner_kill"
+        if self.rank == 0 and self.pool and self.cfg.mining.fault_kind == "kill" \
+                and self.step == self.cfg.mining.fault_steps[0] and not kill.exists():
+            kill.touch()
+            self.log(f"train: killing miner 0 at step {self.step} (mining.fault)")
+            ray.kill(self.pool.actors[0], no_restart=False)
+
+    def mining_metrics(self) -> dict:
+        """The epoch's mining metrics, counts summed over all workers."""
+        if self.miner is None:
+            return {}
+
+        def reduce(values: list[float]) -> list[float]:
+            if self.world == 1:
+                return values
+            t = torch.tensor(values, dtype=torch.float64)
+            dist.all_reduce(t)
+            return t.tolist()
+
+        return self.miner.epoch_metrics(reduce)
 
 
 def train_loop(loop: dict) -> None:
@@ -210,8 +265,8 @@ def train_loop(loop: dict) -> None:
     w = Worker(cfg, loop)
     while w.epoch < cfg.optim.epochs and not w.done:
         window_loss, window_acc, window_n, t0 = 0.0, 0.0, 0, time.perf_counter()
-        for keys, lengths, target in w.batches():
-            loss, acc = w.train_step(keys, lengths, target)
+        for keys, lengths, target, mined in w.mined_batches():
+            loss, acc = w.train_step(keys, lengths, target, mined)
             w.step += 1
             w.batch_in_epoch += 1
             window_loss, window_acc, window_n = window_loss + loss, window_acc + acc, window_n + 1
@@ -219,6 +274,7 @@ def train_loop(loop: dict) -> None:
                 elapsed = time.perf_counter() - t0
                 metrics = {"step": w.step, "epoch": w.epoch, "train/loss": window_loss / window_n,
                            "train/in_batch_acc": window_acc / window_n, "train/candidates": w.candidates,
+                           "train/mined_per_query": w.mined,
                            "train/samples_per_s": window_n * cfg.data.batch_size * w.world / elapsed,
                            "lr": w.sched.get_last_lr()[0] if w.sched else 0.0}
                 w.log(f"step {w.step:>6}  epoch {w.epoch}  loss {metrics['train/loss']:.4f}  in-batch acc "
@@ -230,11 +286,12 @@ def train_loop(loop: dict) -> None:
                 break
         w.epoch += 1
         w.batch_in_epoch = 0
-        metrics = {"step": w.step, "epoch": w.epoch, **w.validate()}
+        mining = w.mining_metrics()
+        metrics = {"step": w.step, "epoch": w.epoch, **w.validate(), **mining}
         if w.rank == 0:
             w.log(f"epoch {w.epoch}/{cfg.optim.epochs}  step {w.step}  val full-bank R@10 {metrics['val/R@10']:.4f}  "
                   f"R@100 {metrics['val/R@100']:.4f}  MRR@10 {metrics['val/MRR@10']:.4f}  "
-                  f"(val in-batch acc {metrics['val/in_batch_acc']:.3f})")
+                  f"(val in-batch acc {metrics['val/in_batch_acc']:.3f}){_mining_line(mining)}")
             w.keep_best(metrics)
         w.report(metrics, checkpoint=True)
 
@@ -248,6 +305,17 @@ class KeyBatch(NumpyBatchCollateFn):
             keys = np.stack(keys)
         return (torch.as_tensor(keys, dtype=torch.int64), torch.as_tensor(batch["context_len"], dtype=torch.int64),
                 torch.as_tensor(batch["target_key"], dtype=torch.int64))
+
+
+def _mining_line(m: dict) -> str:
+    if not m.get("mining/requests"):
+        return ""
+    return (f"\n  mining: {m['mining/requests']:.0f} requests, fallback {m['mining/fallback_rate']:.1%}, "
+            f"{m['mining/kept'] / m['mining/requests']:.1f} negatives kept per batch, latency p50 "
+            f"{m.get('mining/latency_ms_p50', float('nan')):.0f} ms p95 {m.get('mining/latency_ms_p95', float('nan')):.0f} ms, "
+            f"staleness {m.get('mining/staleness_steps', 0):.1f} steps, dropped: target {m['mining/dropped_target']:.0f}, "
+            f"window {m['mining/dropped_window']:.0f}, band {m['mining/dropped_band']:.0f}, false-negative "
+            f"{m['mining/dropped_false_negative']:.0f}, duplicate {m['mining/dropped_duplicate']:.0f}")
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -305,10 +373,19 @@ def prepare(cfg: TrainConfig, progress: Progress = print) -> dict:
         raise RayttError(f"{cfg.data.shards}: the val split is empty; full-bank validation needs it")
     val = load_queries(shards, "val", cfg.val_queries, cfg.seed)
     check_same_run(cfg)
+    cfg.mining.curriculum.check_covers(cfg.optim.epochs)
     progress(f"train: {train_rows:,} train rows, {len(val):,} val queries against {bank.num_vectors:,} x {bank.dim}; "
              f"{describe(TwoTower(cfg.tower, bank.dim))}; {max(1, cfg.workers)} worker(s)")
     return {"shards": shards, "bank": bank, "val": (val.context, val.lengths, val.target),
             "steps_per_epoch": train_rows // per_step}
+
+
+def cpus_needed(cfg: TrainConfig) -> float:
+    """Logical CPUs the run asks Ray for: workers, miners (and a bank encoder), one for Ray Data."""
+    cpus = max(1, cfg.workers) * cfg.threads_per_worker + 1
+    if cfg.mining.curriculum.mines:
+        cpus += cfg.mining.actors * cfg.mining.actor_cpus + (1 if cfg.tower.doc != "identity" else 0)
+    return cpus
 
 
 def train(cfg: TrainConfig, progress: Progress = print) -> dict:
@@ -323,7 +400,7 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     config.dump(cfg, run_dir / "config.yaml")
     if not ray.is_initialized():
-        ray.init(num_cpus=max(os.cpu_count() or 1, max(1, cfg.workers) * cfg.threads_per_worker + 1),
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg))),
                  logging_config=ray.LoggingConfig(log_level="WARNING"),
                  runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -333,7 +410,13 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
     dataset = ray.data.read_parquet([str(p) for p in inputs["shards"].files("train")]).select_columns(COLUMNS)
     if cfg.data.cache:
         dataset = dataset.materialize()
-    loop = {"cfg": config.to_dict(cfg), "bank": ray.put(inputs["bank"]), "val": inputs["val"],
+    bank_ref = ray.put(inputs["bank"])
+    pool = None
+    if cfg.mining.curriculum.mines:
+        for line in cfg.mining.curriculum.describe():
+            progress(f"mining: {line}")
+        pool = MinerPool(bank_ref, cfg.tower, cfg.mining, progress)
+    loop = {"cfg": config.to_dict(cfg), "bank": bank_ref, "val": inputs["val"], "pool": pool,
             "steps_per_epoch": inputs["steps_per_epoch"], "resume": str(resume) if resume else None,
             "local": cfg.workers == 0}
     trainer = TorchTrainer(
@@ -345,7 +428,11 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)))
     started = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if pool:
+            pool.shutdown()
     if result.error:
         raise RayttError(f"train: run {cfg.name!r} failed: {result.error}")
     summary = _summary(cfg, time.perf_counter() - started)

@@ -55,7 +55,7 @@ def test_training_forward_and_retrieval_compute_the_same_vectors(doc):
     target = np.arange(len(keys))
     bank_t = torch.as_tensor(bank)
     with torch.no_grad():
-        q_train, pos_train = model(gather(bank_t, torch.as_tensor(keys)), torch.as_tensor(lengths), bank_t[target])
+        q_train, pos_train, _ = model(gather(bank_t, torch.as_tensor(keys)), torch.as_tensor(lengths), bank_t[target])
     np.testing.assert_allclose(query_vectors(model, bank, keys, lengths, batch=5), q_train.numpy(), atol=1e-6)
     np.testing.assert_allclose(index_vectors(model, bank, batch=7)[target], pos_train.numpy(), atol=1e-6)
     if doc == "identity":

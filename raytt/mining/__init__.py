@@ -1,0 +1,94 @@
+"""Hard-negative mining: a pool of FAISS/torch miner actors serving negatives asynchronously.
+
+`schedule` parses the curriculum, `index` builds what a miner searches, `select` turns neighbours
+into negatives through the false-negative filters, `pool` holds the actors (created by the driver),
+and `client` is the training worker's side: submit ahead, wait with a timeout, fall back to
+in-batch negatives on any failure, count everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from raytt.errors import ConfigError
+from raytt.mining.index import IndexSpec
+from raytt.mining.schedule import Curriculum, Stage, parse
+from raytt.mining.select import FilterConfig
+
+__all__ = ["MiningConfig", "Curriculum", "Stage", "parse"]
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class MiningConfig:
+    schedule: str = field(default="", metadata=_help(
+        "curriculum, e.g. '0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96' (epochs:none or count@lo-hi); '' = never"))
+    actors: int = field(default=1, metadata=_help("miner actors (created by the driver, shared by all workers)"))
+    actor_cpus: float = field(default=1.0, metadata=_help("CPUs per miner actor (also its torch/FAISS threads)"))
+    actor_gpus: float = field(default=0.0, metadata=_help("GPUs per miner actor (a GPU index when > 0 and CUDA is there)"))
+    index: Literal["flat", "ivf", "hnsw"] = field(default="flat", metadata=_help(
+        "flat (exact, searches the shared bank in place), ivf or hnsw (FAISS, a private copy each)"))
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_help("where miners search"))
+    nlist: int = field(default=0, metadata=_help("ivf: clusters (0 = 4*sqrt(bank))"))
+    nprobe: int = field(default=16, metadata=_help("ivf: clusters searched per query"))
+    hnsw_m: int = field(default=32, metadata=_help("hnsw: links per vector"))
+    ef_search: int = field(default=128, metadata=_help("hnsw: search breadth"))
+    mine_by: Literal["query", "target"] = field(default="query", metadata=_help(
+        "mine around the model's current query vectors (ANCE-style) or the positives' vectors"))
+    sampling: Literal["top", "random"] = field(default="top", metadata=_help(
+        "take the hardest survivors in the band, or a uniform sample of them"))
+    search_k: int = field(default=64, metadata=_help("neighbours searched per query before filtering (>= 4 x count)"))
+    window: int = field(default=1, metadata=_help(
+        "drop same-article chunks within +-window positions of the target (context chunks stay allowed)"))
+    fn_threshold: float = field(default=0.95, metadata=_help(
+        "drop candidates with cosine to the target >= this (near-copies of the truth), and near-copies of each other"))
+    timeout_s: float = field(default=0.1, metadata=_help(
+        "longest a step waits for its negatives before training on in-batch negatives only"))
+    max_in_flight: int = field(default=2, metadata=_help("mining requests a worker may have outstanding (backpressure)"))
+    sync_every: int = field(default=10, metadata=_help("steps between publishing the tower weights miners encode with"))
+    refresh_every: int = field(default=200, metadata=_help("mlp doc tower: steps between index rebuilds"))
+    max_restarts: int = field(default=-1, metadata=_help("times Ray restarts a dead miner (-1 = always)"))
+    start_timeout_s: float = field(default=600.0, metadata=_help("how long the driver waits for miners to build"))
+    fault: str = field(default="", metadata=_help(
+        "testing: 'kill@STEP' (worker 0 kills miner 0) or 'raise@FIRST-LAST' (miners raise for those steps)"))
+
+    def __post_init__(self) -> None:
+        try:
+            self.curriculum = parse(self.schedule)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if self.actors < 1 or self.actor_cpus <= 0 or self.actor_gpus < 0:
+            raise ValueError("mining.actors must be >= 1, mining.actor_cpus > 0, mining.actor_gpus >= 0")
+        if self.search_k < 4 * self.curriculum.max_count:
+            raise ValueError(f"mining.search_k ({self.search_k}) must be >= 4 x the largest count in the schedule "
+                             f"({self.curriculum.max_count}): the filters need room")
+        if self.window < 0 or not -1.0 < self.fn_threshold <= 1.0 or self.timeout_s < 0:
+            raise ValueError("mining.window must be >= 0, mining.fn_threshold in (-1, 1], mining.timeout_s >= 0")
+        if self.max_in_flight < 1 or self.sync_every < 1 or self.refresh_every < 1 or self.nprobe < 1:
+            raise ValueError("mining.max_in_flight, sync_every, refresh_every and nprobe must be >= 1")
+        self.fault_kind, self.fault_steps = _parse_fault(self.fault)
+
+    def index_spec(self) -> IndexSpec:
+        return IndexSpec(self.index, self.device, self.nlist, self.nprobe, self.hnsw_m, self.ef_search,
+                         max(1, int(self.actor_cpus)))
+
+    def filters(self) -> FilterConfig:
+        return FilterConfig(self.window, self.fn_threshold, self.sampling)
+
+
+def _parse_fault(text: str) -> tuple[str, tuple[int, int]]:
+    if not text:
+        return "", (-1, -1)
+    kind, _, steps = text.partition("@")
+    first, _, last = steps.partition("-")
+    try:
+        span = (int(first), int(last or first))
+    except ValueError:
+        raise ValueError(f"mining.fault {text!r}: expected kill@STEP or raise@FIRST-LAST") from None
+    if kind not in ("kill", "raise"):
+        raise ValueError(f"mining.fault {text!r}: expected kill@STEP or raise@FIRST-LAST")
+    return kind, span

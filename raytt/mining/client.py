@@ -1,0 +1,129 @@
+"""The training worker's side of mining: ask ahead, never wait long, never fail because of a miner.
+
+For each batch the worker submits a request when the batch is fetched (one or more steps before it
+trains on it), and collects the answer when its step comes, waiting at most `timeout_s`. A miner
+that is slow, dead, restarting or raising costs that batch its mined negatives (it trains on
+in-batch negatives) and a count in `mining/fallback_rate`; the run goes on. At most
+`max_in_flight` requests per worker are outstanding, abandoned ones included (backpressure).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raytt.mining import MiningConfig
+from raytt.mining.pool import MinerPool, model_state
+from raytt.mining.schedule import Stage
+from raytt.mining.select import FILTERS
+
+COUNTS = ("requests", "fallbacks", "timeout", "error", "actor_died", "busy", "candidates", "kept", "short_rows",
+          *FILTERS)
+
+
+@dataclass
+class Ticket:
+    """A batch's pending mining: the request's ref (None when it could not be sent) and when it was sent."""
+
+    ref: object
+    submitted: float
+
+
+class MiningClient:
+    def __init__(self, pool: MinerPool, cfg: MiningConfig, rank: int, trainable_docs: bool) -> None:
+        self.pool, self.cfg, self.rank = pool, cfg, rank
+        self.refresh = trainable_docs and rank == 0
+        self.slot = rank
+        self.in_flight: list = []
+        self.weights = None
+        self.index_offer = None
+        self.counts: Counter = Counter()
+        self.latency_ms: list[float] = []
+        self.staleness: list[int] = []
+        self.versions: list[int] = []
+
+    def publish(self, step: int, model: torch.nn.Module) -> None:
+        """Offer miners this step's weights every `sync_every` steps; rank 0 also starts index refreshes."""
+        import ray
+
+        needs_weights = self.cfg.mine_by == "query" or self.refresh
+        if needs_weights and (self.weights is None or step - self.weights[1] >= self.cfg.sync_every):
+            self.weights = (time.time(), step, [ray.put(model_state(model))])
+        if self.refresh and (self.index_offer is None or step - self.index_offer[1] >= self.cfg.refresh_every):
+            self.index_offer = (time.time(), step, [self.pool.encode(self.weights[2][0])])
+
+    def submit(self, stage: Stage, step: int, keys: torch.Tensor, lengths: torch.Tensor,
+               target: torch.Tensor) -> Ticket | None:
+        """Ask for this batch's negatives now; None when the stage does not mine."""
+        import ray
+
+        if not stage.count:
+            return None
+        if self.in_flight:
+            _, self.in_flight = ray.wait(self.in_flight, num_returns=len(self.in_flight), timeout=0)
+        if len(self.in_flight) >= self.cfg.max_in_flight:
+            return Ticket(None, time.time())
+        request = {"context_keys": keys.numpy(), "context_len": lengths.numpy(), "target": target.numpy(),
+                   "stage": stage, "step": step, "weights": self.weights if self.cfg.mine_by == "query" else None,
+                   "index": self.index_offer}
+        ref = self.pool.submit(request, self.slot)
+        self.slot += 1
+        self.in_flight.append(ref)
+        return Ticket(ref, time.time())
+
+    def collect(self, ticket: Ticket | None, step: int) -> np.ndarray | None:
+        """The batch's negative keys [B, n], or None: no mining this stage, or a fallback (counted)."""
+        import ray
+
+        if ticket is None:
+            return None
+        self.counts["requests"] += 1
+        if ticket.ref is None:
+            return self._fallback("busy")
+        ready, _ = ray.wait([ticket.ref], timeout=self.cfg.timeout_s)
+        if not ready:
+            try:
+                ray.cancel(ticket.ref)
+            except Exception:  # noqa: BLE001 - cancelling is best effort; the ref stays counted in flight
+                pass
+            return self._fallback("timeout")
+        try:
+            answer = ray.get(ticket.ref)
+        except ray.exceptions.RayActorError:
+            return self._fallback("actor_died")
+        except Exception:  # noqa: BLE001 - any miner failure costs one batch its mined negatives, never the run
+            return self._fallback("error")
+        self.counts.update(answer["stats"])
+        self.latency_ms.append(1000 * (answer["done"] - ticket.submitted))
+        if answer["weights_step"] >= 0:
+            self.staleness.append(step - answer["weights_step"])
+        self.versions.append(answer["index_version"])
+        return answer["keys"]
+
+    def _fallback(self, reason: str) -> None:
+        self.counts["fallbacks"] += 1
+        self.counts[reason] += 1
+        return None
+
+    def epoch_metrics(self, reduce) -> dict:
+        """This epoch's mining metrics (counts summed over workers by `reduce`), then reset."""
+        totals = dict(zip(COUNTS, reduce([float(self.counts[c]) for c in COUNTS])))
+        out = {"mining/requests": totals["requests"],
+               "mining/fallback_rate": totals["fallbacks"] / totals["requests"] if totals["requests"] else 0.0}
+        for reason in ("timeout", "error", "actor_died", "busy"):
+            out[f"mining/fallback_{reason}"] = totals[reason]
+        for name in ("candidates", "kept", "short_rows", *FILTERS):
+            out[f"mining/{'dropped_' + name if name in FILTERS else name}"] = totals[name]
+        if self.latency_ms:
+            out["mining/latency_ms_p50"] = float(np.percentile(self.latency_ms, 50))
+            out["mining/latency_ms_p95"] = float(np.percentile(self.latency_ms, 95))
+        if self.staleness:
+            out["mining/staleness_steps"] = float(np.mean(self.staleness))
+        if self.versions:
+            out["mining/index_version"] = float(max(self.versions))
+        self.counts, self.latency_ms, self.staleness, self.versions = Counter(), [], [], []
+        return out

@@ -1,0 +1,105 @@
+"""From a nearest-neighbour search to hard negatives: the false-negative filters, the band, sampling.
+
+Candidates are dropped, in this order, and each drop is counted by the filter that made it:
+  target          the target key itself
+  window          a chunk of the target's article within +-window positions of it, except the
+                  context chunks, which stay allowed (they are the commonest impostors)
+  band            cosine to the mining query outside the stage's [lo, hi]
+  false_negative  cosine to the *target* >= fn_threshold (a near-copy of the truth)
+  duplicate       a near-copy (cosine >= fn_threshold) of a candidate ranked before it, or a repeated key
+Of the survivors, `top` keeps the highest-scoring `count`, `random` a uniform sample; rows with too
+few survivors are padded with -1, which the loss ignores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from raytt.mining.schedule import Stage
+
+FILTERS = ("target", "window", "band", "false_negative", "duplicate")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    window: int = 1
+    fn_threshold: float = 0.95
+    sampling: str = "top"
+
+
+@dataclass(frozen=True)
+class BankLayout:
+    """Where each key sits: its article code and position, for the same-article window filter."""
+
+    articles: np.ndarray
+    positions: np.ndarray
+
+
+def select(scores: np.ndarray, keys: np.ndarray, target: np.ndarray, context_len: np.ndarray, layout: BankLayout,
+           vectors: np.ndarray, stage: Stage, cfg: FilterConfig, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Negative keys [B, stage.count] (-1 padded) and the per-filter counts, from search results [B, K]."""
+    b, k = keys.shape
+    alive = keys >= 0
+    stats = {"candidates": int(alive.sum())}
+    safe = np.where(alive, keys, 0)
+
+    def drop(name: str, mask: np.ndarray) -> None:
+        nonlocal alive
+        hit = alive & mask
+        stats[name] = int(hit.sum())
+        alive = alive & ~hit
+
+    drop("target", safe == target[:, None])
+    offset = layout.positions[safe] - layout.positions[target][:, None]
+    same = layout.articles[safe] == layout.articles[target][:, None]
+    in_context = (offset < 0) & (offset >= -context_len[:, None])
+    drop("window", same & (np.abs(offset) <= cfg.window) & ~in_context)
+    drop("band", (scores < stage.lo) | (scores > stage.hi))
+    drop("false_negative", _cosine_to_target(vectors, safe, target, alive) >= cfg.fn_threshold)
+
+    order = _order(scores, alive, cfg.sampling, rng)
+    ranked_keys, ranked_alive = np.take_along_axis(safe, order, 1), np.take_along_axis(alive, order, 1)
+    m = min(k, 2 * stage.count)
+    head_keys, head_alive = ranked_keys[:, :m], ranked_alive[:, :m]
+    duplicate = _near_copies(vectors, head_keys, head_alive, cfg.fn_threshold)
+    stats["duplicate"] = int((head_alive & duplicate).sum())
+    head_alive = head_alive & ~duplicate
+    picked = np.full((b, stage.count), -1, dtype=np.int64)
+    slot = np.cumsum(head_alive, axis=1) - 1
+    take = head_alive & (slot < stage.count)
+    rows = np.nonzero(take)[0]
+    picked[rows, slot[take]] = head_keys[take]
+    stats["kept"] = int(take.sum())
+    stats["short_rows"] = int((take.sum(1) < stage.count).sum())
+    return picked, stats
+
+
+def _cosine_to_target(vectors: np.ndarray, keys: np.ndarray, target: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """cos(candidate, target) where alive (else -inf), computed only for the live candidates."""
+    out = np.full(keys.shape, -np.inf, dtype=np.float32)
+    rows, cols = np.nonzero(alive)
+    if len(rows):
+        out[rows, cols] = np.einsum("nd,nd->n", vectors[keys[rows, cols]], vectors[target[rows]])
+    return out
+
+
+def _order(scores: np.ndarray, alive: np.ndarray, sampling: str, rng: np.random.Generator) -> np.ndarray:
+    """Column order per row: live candidates first, by score (`top`) or at random (`random`)."""
+    if sampling == "random":
+        priority = rng.random(scores.shape)
+    else:
+        priority = -scores.astype(np.float64)
+    priority = np.where(alive, priority, np.inf)
+    return np.argsort(priority, axis=1, kind="stable")
+
+
+def _near_copies(vectors: np.ndarray, keys: np.ndarray, alive: np.ndarray, threshold: float) -> np.ndarray:
+    """[B, m] True where a live candidate repeats, or nearly copies, a live candidate ranked before it."""
+    v = vectors[keys]
+    gram = np.einsum("bid,bjd->bij", v, v)
+    earlier = np.tril(np.ones(gram.shape[1:], dtype=bool), -1)
+    both = alive[:, :, None] & alive[:, None, :] & earlier[None]
+    repeat = (keys[:, :, None] == keys[:, None, :]) | (gram >= threshold)
+    return (repeat & both).any(axis=2)

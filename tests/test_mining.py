@@ -1,0 +1,212 @@
+"""Mining: indexes and miners agree with brute force, filters hold, schedules parse, and no miner failure
+stops a run."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import QUIET, unit_rows
+from raytt import config
+from raytt.bank import load_bank
+from raytt.errors import ConfigError
+from raytt.mining import MiningConfig
+from raytt.mining.index import Index, IndexSpec
+from raytt.mining.schedule import Stage, parse
+from raytt.mining.select import BankLayout, FilterConfig, select
+from raytt.runconfig import TrainConfig
+from raytt.train import train
+
+
+def _brute(queries, vectors, k):
+    scores = queries @ vectors.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), order
+
+
+@pytest.mark.parametrize("kind, exact", [("flat", True), ("ivf", True), ("hnsw", False)])
+def test_index_finds_the_brute_force_neighbours(kind, exact):
+    rng = np.random.default_rng(0)
+    vectors, queries = unit_rows(rng, 3000, 32), unit_rows(rng, 40, 32)
+    spec = IndexSpec(kind, "cpu", nlist=16, nprobe=16, ef_search=256)   # ivf probing every list is exact
+    scores, keys = Index(vectors, spec).search(queries, 20)
+    want_scores, want_keys = _brute(queries, vectors, 20)
+    overlap = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(keys, want_keys)])
+    if exact:
+        assert overlap == 1.0
+        np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    else:
+        assert overlap >= 0.95
+    assert np.all(np.diff(scores, axis=1) <= 1e-6), "best first"
+
+
+def test_flat_index_searches_the_shared_array_in_place():
+    vectors = unit_rows(np.random.default_rng(1), 500, 16)
+    vectors.flags.writeable = False   # as ray.get hands it out
+    index = Index(vectors, IndexSpec("flat", "cpu"))
+    assert index.private_bytes == 0 and np.shares_memory(index.table.numpy(), vectors)
+    scores, keys = index.search(vectors[:3], 600)   # k beyond the bank pads with -1
+    assert (keys[:, 500:] == -1).all() and (keys[:, 0] == np.arange(3)).all()
+
+
+def _layout_bank(rng, articles=30, length=20, dim=24):
+    """Articles of consecutive chunks, plus near-copies of some chunks planted in other articles."""
+    vectors = unit_rows(rng, articles * length, dim)
+    codes = np.repeat(np.arange(articles), length)
+    positions = np.tile(np.arange(length), articles)
+    copies = rng.choice(len(vectors), 60, replace=False)
+    sources = rng.choice(len(vectors), 60, replace=False)
+    noisy = vectors[sources] + 0.02 * rng.standard_normal((60, dim)).astype(np.float32)
+    vectors[copies] = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    return vectors, BankLayout(codes, positions)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), window=st.integers(0, 3), count=st.integers(1, 8),
+       lo=st.floats(-1.0, 0.5), sampling=st.sampled_from(["top", "random"]), by_target=st.booleans())
+def test_filters_never_let_a_false_negative_through(seed, window, count, lo, sampling, by_target):
+    rng = np.random.default_rng(seed)
+    vectors, layout = _layout_bank(rng)
+    target = rng.integers(5, len(vectors), 32)
+    target = target[layout.positions[target] >= 4]
+    context_len = np.full(len(target), 4)
+    queries = vectors[target] if by_target else unit_rows(rng, len(target), vectors.shape[1])
+    scores, keys = _brute(queries, vectors, 64)
+    cfg = FilterConfig(window=window, fn_threshold=0.9, sampling=sampling)
+    stage = Stage(0, 0, count, lo, 0.999)
+    picked, stats = select(scores, keys, target, context_len, layout, vectors, stage, cfg, rng)
+    assert picked.shape == (len(target), count)
+    for row, t in zip(picked, target):
+        got = row[row >= 0]
+        assert t not in got
+        assert len(set(got.tolist())) == len(got)
+        offset = layout.positions[got] - layout.positions[t]
+        near = (layout.articles[got] == layout.articles[t]) & (np.abs(offset) <= window)
+        in_context = (offset < 0) & (offset >= -4)
+        assert not np.any(near & ~in_context), "same-article neighbours of the target must be dropped"
+        assert np.all(vectors[got] @ vectors[t] < 0.9), "near-copies of the target must be dropped"
+        gram = vectors[got] @ vectors[got].T
+        assert not np.any(np.triu(gram, 1) >= 0.9), "negatives must not be near-copies of each other"
+    query_cos = np.einsum("bd,bnd->bn", queries, vectors[np.maximum(picked, 0)])
+    assert np.all((query_cos >= lo - 1e-6)[picked >= 0]) and np.all((query_cos <= 0.999 + 1e-6)[picked >= 0])
+    assert stats["kept"] == int((picked >= 0).sum())
+    assert stats["candidates"] == stats["kept"] + sum(stats[f] for f in ("target", "window", "band", "false_negative",
+                                                                          "duplicate")) + _unpicked(stats, picked)
+
+
+def _unpicked(stats, picked):
+    """Survivors beyond `count` (or beyond the deduplicated head) are neither kept nor dropped."""
+    return stats["candidates"] - stats["kept"] - sum(stats[f] for f in ("target", "window", "band", "false_negative",
+                                                                         "duplicate"))
+
+
+def test_context_chunks_stay_allowed_as_negatives():
+    rng = np.random.default_rng(3)
+    vectors, layout = _layout_bank(rng)
+    target = np.array([10])                       # article 0, position 10; context = positions 6..9
+    scores, keys = _brute(vectors[[9]], vectors, 64)   # query = the last context chunk: itself ranks first
+    picked, _ = select(scores, keys, target, np.array([4]), layout, vectors, Stage(0, 0, 4, -1.0, 1.0),
+                       FilterConfig(window=2, fn_threshold=0.99), rng)
+    assert 9 in picked[0] and 11 not in picked[0] and 12 not in picked[0]
+
+
+@pytest.mark.parametrize("text, count", [("", 0), ("0-5:none", 0), ("0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96", 16),
+                                         (" 0:4@-0.5-0.9 ; 1-3:none; ", 4)])
+def test_schedule_parses(text, count):
+    curriculum = parse(text)
+    assert curriculum.max_count == count
+    if text.startswith("0-5:none;6"):
+        assert curriculum.at(5).count == 0 and curriculum.at(6) == Stage(6, 10, 8, 0.82, 0.92)
+        assert curriculum.at(30).hi == 0.96 and curriculum.at(31).count == 0
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("0-5:none;7-10:8@0.8-0.9", "segment 2 '7-10:8@0.8-0.9': gap, epochs 6-6"),
+    ("0-5:none;5-10:8@0.8-0.9", "segment 2 '5-10:8@0.8-0.9': overlaps"),
+    ("0-5:8@0.9-0.8", "segment 1 '0-5:8@0.9-0.8': the cosine band needs -1 <= lo < hi <= 1"),
+    ("0-5:8@0.9-0.9", "lo=0.9 hi=0.9"),
+    ("0-5:0@0.1-0.9", "count must be >= 1"),
+    ("0-5:eight@0.1-0.9", "segment 1 '0-5:eight@0.1-0.9': expected"),
+    ("0-5:8@0.1-1.5", "hi=1.5"),
+    ("5-2:none", "runs backwards"),
+    ("1-5:none", "gap, epochs 0-0"),
+    ("0-5:8@0.1.2-0.9", "bounds must be numbers"),
+])
+def test_schedule_refuses_bad_segments(text, problem):
+    with pytest.raises(ConfigError, match="mining.schedule " + _escape(problem)):
+        parse(text)
+
+
+def _escape(text):
+    import re
+    return ".*" + re.escape(text)
+
+
+def test_schedule_errors_surface_through_the_run_config():
+    with pytest.raises(ConfigError, match="overrides: .*segment 2"):
+        config.load(TrainConfig, None, ["mining.schedule=0-1:none;3-4:8@0.1-0.9"])
+    with pytest.raises(ConfigError, match="search_k"):
+        config.load(TrainConfig, None, ["mining.schedule=0-1:32@0.1-0.9", "mining.search_k=64"])
+    cfg = config.load(TrainConfig, None, ["mining.schedule=0-1:8@0.1-0.9", "optim.epochs=4"])
+    with pytest.raises(ConfigError, match="covers epochs 0-1, but the run has 4 epochs"):
+        cfg.mining.curriculum.check_covers(cfg.optim.epochs)
+
+
+def test_pool_miner_agrees_with_numpy(ray_local, synth_bank):
+    """A miner mining by the targets' own vectors, with every filter off, returns the brute-force neighbours."""
+    from raytt.mining.pool import MinerPool
+    from raytt.towers import TowerConfig
+
+    bank = load_bank(synth_bank)
+    cfg = config.load(MiningConfig, None, ["schedule=0:16@-1.0-1.0", "mine_by=target", "window=0", "fn_threshold=1.0",
+                                           "actor_cpus=0.5"])
+    pool = MinerPool(ray_local.put(bank), TowerConfig(), cfg, progress=QUIET)
+    try:
+        target = np.arange(100, 4000, 97)
+        request = {"context_keys": np.zeros((len(target), 1), np.int64), "context_len": np.zeros(len(target), np.int64),
+                   "target": target, "stage": cfg.curriculum.at(0), "step": 0, "weights": None, "index": None}
+        answer = ray_local.get(pool.submit(request, 0))
+    finally:
+        pool.shutdown()
+    _, want = _brute(bank.vectors[target], bank.vectors, 17)
+    want = np.array([[k for k in row if k != t][:16] for row, t in zip(want, target)])
+    assert np.array_equal(answer["keys"], want)
+
+
+def _mining_cfg(bank, shards, storage, **over):
+    base = [f"data.bank={bank}", f"data.shards={shards}", f"storage={storage}", "data.batch_size=64",
+            "data.shuffle_buffer=2000", "data.cache=true", "tower.hidden=64", "tower.residual=false", "loss.tau=0.1",
+            "optim.lr=5e-3", "optim.warmup_steps=5", "log_every=10", "val_queries=300", "optim.epochs=3",
+            "mining.schedule=0-2:8@0.0-0.99", "mining.actor_cpus=0.5", "mining.timeout_s=2.0"]
+    return config.load(TrainConfig, None, base + [f"{k}={v}" for k, v in over.items()])
+
+
+def _epochs(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "mining/requests" in r]
+
+
+@pytest.mark.parametrize("fault, reason, workers", [("kill@12", "actor_died", 2), ("raise@15-25", "error", 0)])
+def test_a_failing_miner_never_stops_the_run(ray_local, synth_bank, synth_shards, tmp_path, fault, reason, workers):
+    cfg = _mining_cfg(synth_bank, synth_shards, tmp_path, name=f"fault-{reason}", workers=workers,
+                      **{"mining.fault": fault})
+    summary = train(cfg, progress=QUIET)
+    assert summary["epochs"] == 3
+    epochs = _epochs(cfg.run_dir)
+    assert len(epochs) == 3
+    hit = epochs[0]          # the fault lands in epoch 0 (45 steps an epoch with 1 worker, 22 with 2)
+    assert hit["mining/fallback_rate"] > 0 and hit[f"mining/fallback_{reason}"] > 0
+    last = epochs[-1]
+    assert last["mining/fallback_rate"] < 0.1 and last["mining/kept"] > 0, "mining must resume after the fault"
+
+
+def test_trainable_doc_tower_refreshes_the_index(ray_local, synth_bank, synth_shards, tmp_path):
+    cfg = _mining_cfg(synth_bank, synth_shards, tmp_path, name="refresh", workers=0,
+                      **{"tower.doc": "mlp", "mining.refresh_every": 20, "optim.epochs": 4,
+                         "mining.schedule": "0-3:8@0.0-0.99"})
+    train(cfg, progress=QUIET)
+    epochs = _epochs(cfg.run_dir)
+    assert epochs[-1]["mining/index_version"] > 0, "miners must swap in an index encoded by the trained doc tower"
+    assert epochs[-1]["mining/kept"] > 0
