@@ -26,6 +26,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/build_scale.py
 	$(BIN)/python bench/eval_scale.py
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/mining.py
+	$(BIN)/python bench/mining_quality.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

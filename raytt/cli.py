@@ -17,6 +17,7 @@ from raytt.errors import RayttError
 from raytt.runconfig import TrainConfig
 from raytt.sequences import BuildConfig
 from raytt.synth import SynthConfig
+from raytt.tune import SearchConfig
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -26,7 +27,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
+        if dataclasses.is_dataclass(hints[f.name]) or typing.get_origin(hints[f.name]) is dict:
             continue
         flag = "--" + f.name.replace("_", "-")
         tp = hints[f.name]
@@ -76,6 +77,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a query tower with Ray Train (re-running a name resumes it)")
     add_config_flags(p, TrainConfig)
 
+    p = sub.add_parser("tune", help="Ray Tune search over training settings, ASHA on full-bank validation recall")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed search (finished trials stay)")
+    add_config_flags(p, SearchConfig)
+
     p = sub.add_parser("eval", help="full-bank evaluation of a run (or of the baselines alone) with a report")
     p.add_argument("--run", type=Path, help="run directory (runs/NAME)")
     p.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint directory")
@@ -109,6 +114,8 @@ def run(argv: list[str] | None = None) -> int:
         commands.inspect(args.path, bank=args.bank, sample=args.sample)
     elif args.command == "train":
         commands.train(config_from_args(TrainConfig, args))
+    elif args.command == "tune":
+        commands.tune(args.resume or config_from_args(SearchConfig, args))
     elif args.command == "eval":
         commands.evaluate(args.run, args.shards, args.bank, args.checkpoint, args.split, args.out, args.max_queries)
     elif args.command == "compare":

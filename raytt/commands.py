@@ -138,6 +138,15 @@ def train(cfg, progress: Progress = print) -> dict:
     return run_train(cfg, progress)
 
 
+def tune(search_or_resume, progress: Progress = print) -> list[dict]:
+    """Run a search (a SearchConfig), or resume one from its directory; see `raytt.tune`."""
+    from raytt import tune as search_module
+
+    if isinstance(search_or_resume, search_module.SearchConfig):
+        return search_module.tune(search_or_resume, progress=progress)
+    return search_module.tune(search_module.load_search(search_or_resume), resume=True, progress=progress)
+
+
 def demo(out: str | Path = "runs/demo", num_vectors: int = 50_000, train_config: str | Path = "configs/demo.yaml",
          overwrite: bool = True, progress: Progress = print) -> dict:
     """The main job: synthesise a bank, build shards, train with Ray, evaluate on test articles vs baselines."""

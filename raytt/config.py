@@ -83,6 +83,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         return value
@@ -110,6 +112,10 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
         raise ConfigError(errors[0])
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, where, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]

@@ -41,12 +41,16 @@ def atomic_dir(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temp file in the same directory, then rename)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temp file in the same directory, then rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

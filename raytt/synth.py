@@ -54,6 +54,8 @@ class SynthConfig:
     boilerplate_rate: float = field(default=0.2, metadata=_help("share of articles with one boilerplate chunk"))
     boilerplate_templates: int = field(default=20, metadata=_help("distinct boilerplate chunks shared across articles"))
     boilerplate_noise: float = field(default=0.05, metadata=_help("noise of a boilerplate copy (near-duplicates)"))
+    quote_rate: float = field(default=0.0, metadata=_help(
+        "share of chunks in a source/quote pair: a near-copy of one chunk replaces a chunk of another article"))
 
     def __post_init__(self) -> None:
         checks = [
@@ -66,6 +68,7 @@ class SynthConfig:
             (0.0 < self.speed_min <= self.speed_max, "need 0 < speed_min <= speed_max"),
             (2 <= self.min_len <= self.max_len, "need 2 <= min_len <= max_len"),
             (0.0 <= self.boilerplate_rate <= 1.0, "boilerplate_rate must be in [0, 1]"),
+            (0.0 <= self.quote_rate <= 1.0, "quote_rate must be in [0, 1]"),
             (self.boilerplate_templates >= 1, "boilerplate_templates must be >= 1"),
             (min(self.noise, self.phase_jitter, self.article_spread, self.boilerplate_noise) >= 0,
              "noise, phase_jitter, article_spread and boilerplate_noise must be >= 0"),
@@ -163,9 +166,22 @@ def _block(cfg: SynthConfig, world: _World, first: int, last: int, rng: np.rando
     copies = world.templates[world.boiler_id[art[boiler_rows]]]
     copies = copies + (cfg.boilerplate_noise / np.sqrt(cfg.dim)) * rng.standard_normal(copies.shape, dtype=np.float32)
     vectors[boiler_rows] = copies
+    if cfg.quote_rate:
+        _plant_quotes(vectors, art, cfg, rng)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = [f"synth-{a:07d}" for a in art]
     return ids, pos.astype(np.int32), vectors, oracle
+
+
+def _plant_quotes(vectors: np.ndarray, art: np.ndarray, cfg: SynthConfig, rng: np.random.Generator) -> None:
+    """Replace chunks with near-copies of chunks of other articles: planted false negatives for mining."""
+    pairs = int(cfg.quote_rate * len(art) / 2)
+    rows = rng.permutation(len(art))[:2 * pairs]
+    source, quote = rows[:pairs], rows[pairs:]
+    other = art[source] != art[quote]
+    source, quote = source[other], quote[other]
+    noise = (cfg.boilerplate_noise / np.sqrt(cfg.dim)) * rng.standard_normal((len(quote), cfg.dim), dtype=np.float32)
+    vectors[quote] = vectors[source] / np.linalg.norm(vectors[source], axis=1, keepdims=True) + noise
 
 
 def generate(cfg: SynthConfig, out: str | Path, overwrite: bool = False, progress=print) -> BankManifest:

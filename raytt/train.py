@@ -55,6 +55,7 @@ class Worker:
 
         self.cfg = cfg
         self.local = loop["local"]
+        self.tune = loop["tune"]
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         torch.set_num_threads(cfg.threads_per_worker)
@@ -75,8 +76,7 @@ class Worker:
         self.step, self.epoch, self.batch_in_epoch, self.best = 0, 0, 0, -math.inf
         self.data = ray.train.get_dataset_shard("train")
         self.pool = loop["pool"]
-        self.miner = MiningClient(self.pool, cfg.mining, self.rank, self.model.doc.kind != "identity") \
-            if self.pool else None
+        self.miner = MiningClient(self.pool, cfg.mining, self.rank, config.to_dict(cfg.tower)) if self.pool else None
         self._restore(ray.train.get_checkpoint(), loop["resume"])
 
     def _restore(self, reported, resume: str | None) -> None:
@@ -199,12 +199,18 @@ class Worker:
         return {"step": self.step, "epoch": self.epoch, "metrics": metrics, "tower": config.to_dict(self.cfg.tower),
                 "dim": int(self.bank.shape[1])}
 
-    def report(self, metrics: dict, checkpoint: bool) -> None:
-        """Report to Ray Train; rank 0 attaches the checkpoint (written to a temp dir, persisted by Ray)."""
+    def report(self, metrics: dict, checkpoint: bool, epoch_end: bool = False) -> None:
+        """Report to Ray Train; rank 0 attaches the checkpoint (written to a temp dir, persisted by Ray).
+
+        Under Tune only the epoch-end reports (with full-bank validation) go to Ray Train, so the
+        scheduler never compares trials on anything else; every report still lands in metrics.jsonl.
+        """
         import ray.train
 
         if self.rank == 0:
             _append_jsonl(self.cfg.run_dir / "metrics.jsonl", metrics)
+        if self.tune and not epoch_end:
+            return
         if not (checkpoint and self.rank == 0):
             ray.train.report(metrics)
             return
@@ -293,7 +299,7 @@ def train_loop(loop: dict) -> None:
                   f"R@100 {metrics['val/R@100']:.4f}  MRR@10 {metrics['val/MRR@10']:.4f}  "
                   f"(val in-batch acc {metrics['val/in_batch_acc']:.3f}){_mining_line(mining)}")
             w.keep_best(metrics)
-        w.report(metrics, checkpoint=True)
+        w.report(metrics, checkpoint=True, epoch_end=True)
 
 
 class KeyBatch(NumpyBatchCollateFn):
@@ -359,7 +365,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, storage=str(Path(cfg.storage).resolve()), data=data)
 
 
-def prepare(cfg: TrainConfig, progress: Progress = print) -> dict:
+def prepare(cfg: TrainConfig, progress: Progress = print, check_run: bool = True) -> dict:
     """Driver-side checks and inputs, before Ray starts any worker."""
     shards = open_shards(cfg.data.shards)
     bank = load_bank(cfg.data.bank)
@@ -372,12 +378,13 @@ def prepare(cfg: TrainConfig, progress: Progress = print) -> dict:
     if shards.rows("val") == 0:
         raise RayttError(f"{cfg.data.shards}: the val split is empty; full-bank validation needs it")
     val = load_queries(shards, "val", cfg.val_queries, cfg.seed)
-    check_same_run(cfg)
+    if check_run:
+        check_same_run(cfg)
     cfg.mining.curriculum.check_covers(cfg.optim.epochs)
     progress(f"train: {train_rows:,} train rows, {len(val):,} val queries against {bank.num_vectors:,} x {bank.dim}; "
              f"{describe(TwoTower(cfg.tower, bank.dim))}; {max(1, cfg.workers)} worker(s)")
-    return {"shards": shards, "bank": bank, "val": (val.context, val.lengths, val.target),
-            "steps_per_epoch": train_rows // per_step}
+    return {"files": [str(p) for p in shards.files("train")], "bank": bank, "train_rows": train_rows,
+            "val": (val.context, val.lengths, val.target)}
 
 
 def cpus_needed(cfg: TrainConfig) -> float:
@@ -388,58 +395,81 @@ def cpus_needed(cfg: TrainConfig) -> float:
     return cpus
 
 
-def train(cfg: TrainConfig, progress: Progress = print) -> dict:
-    """Run (or resume) training; returns the summary written to RUN/summary.json."""
+def start_ray(cfg: TrainConfig, extra_cpus: float = 0) -> None:
+    """Join the cluster at RAY_ADDRESS (`ray job submit` sets it), or start a local Ray sized for the run."""
+    import ray
+
+    if ray.is_initialized():
+        pass
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_config=ray.LoggingConfig(log_level="WARNING"))
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg) + extra_cpus)),
+                 logging_config=ray.LoggingConfig(log_level="WARNING"),
+                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def start_pool(cfg: TrainConfig, bank_ref, progress: Progress = print, force: bool = False) -> MinerPool | None:
+    """The miner pool, created here in the top-level driver, when the schedule (or `force`) needs one."""
+    if not (cfg.mining.curriculum.mines or force):
+        return None
+    for line in cfg.mining.curriculum.describe() if cfg.mining.curriculum.mines else ["shared by every trial"]:
+        progress(f"mining: {line}")
+    return MinerPool(bank_ref, cfg.mining, progress)
+
+
+def make_trainer(cfg: TrainConfig, inputs: dict, bank_ref, pool: MinerPool | None, callbacks: tuple = (),
+                 tune: bool = False):
+    """The run's `TorchTrainer`: Ray Data over the train shards, the shared bank and miners, resume point."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    cfg = absolute_paths(cfg)
-    inputs = prepare(cfg, progress)
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.dump(cfg, run_dir / "config.yaml")
-    if not ray.is_initialized():
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg))),
-                 logging_config=ray.LoggingConfig(log_level="WARNING"),
-                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    resume = checkpoints.latest(run_dir)
-    if resume:
-        progress(f"train: run {cfg.name!r} exists; resuming from {resume.name}")
-    dataset = ray.data.read_parquet([str(p) for p in inputs["shards"].files("train")]).select_columns(COLUMNS)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    config.dump(cfg, cfg.run_dir / "config.yaml")
+    resume = checkpoints.latest(cfg.run_dir)
+    dataset = ray.data.read_parquet(inputs["files"]).select_columns(COLUMNS)
     if cfg.data.cache:
         dataset = dataset.materialize()
-    bank_ref = ray.put(inputs["bank"])
-    pool = None
-    if cfg.mining.curriculum.mines:
-        for line in cfg.mining.curriculum.describe():
-            progress(f"mining: {line}")
-        pool = MinerPool(bank_ref, cfg.tower, cfg.mining, progress)
-    loop = {"cfg": config.to_dict(cfg), "bank": bank_ref, "val": inputs["val"], "pool": pool,
-            "steps_per_epoch": inputs["steps_per_epoch"], "resume": str(resume) if resume else None,
-            "local": cfg.workers == 0}
-    trainer = TorchTrainer(
+    loop = {"cfg": config.to_dict(cfg), "bank": bank_ref, "val": inputs["val"], "pool": pool, "tune": tune,
+            "steps_per_epoch": inputs["train_rows"] // (cfg.data.batch_size * max(1, cfg.workers)),
+            "resume": str(resume) if resume else None, "local": cfg.workers == 0}
+    return TorchTrainer(
         train_loop, train_loop_config=loop, datasets={"train": dataset},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.threads_per_worker}),
-        run_config=RunConfig(name=cfg.name, storage_path=str(run_dir.parent),
+        run_config=RunConfig(name=cfg.name, storage_path=str(cfg.run_dir.parent), callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)))
+
+
+def train(cfg: TrainConfig, progress: Progress = print) -> dict:
+    """Run (or resume) training; returns the summary written to RUN/summary.json."""
+    import ray
+
+    cfg = absolute_paths(cfg)
+    inputs = prepare(cfg, progress)
+    start_ray(cfg)
+    resume = checkpoints.latest(cfg.run_dir)
+    if resume:
+        progress(f"train: run {cfg.name!r} exists; resuming from {resume.name}")
+    bank_ref = ray.put(inputs["bank"])
+    pool = start_pool(cfg, bank_ref, progress)
     started = time.perf_counter()
     try:
-        result = trainer.fit()
+        result = make_trainer(cfg, inputs, bank_ref, pool).fit()
     finally:
         if pool:
             pool.shutdown()
     if result.error:
         raise RayttError(f"train: run {cfg.name!r} failed: {result.error}")
     summary = _summary(cfg, time.perf_counter() - started)
-    write_json(run_dir / "summary.json", summary)
+    write_json(cfg.run_dir / "summary.json", summary)
     best = summary["best"]
     progress(f"train: done in {summary['seconds']:.0f}s, {summary['steps']} steps; best {cfg.best_metric} = "
-             f"{best['value']:.4f} at step {best['step']} ({run_dir / 'best'})")
+             f"{best['value']:.4f} at step {best['step']} ({cfg.run_dir / 'best'})")
     return summary
 
 

@@ -36,10 +36,14 @@ def synth_shards(synth_bank, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance for the session, sized explicitly: 2 training workers plus a CPU for Ray Data."""
+    """One local Ray instance for the session, sized explicitly: 2 training workers plus a CPU for Ray Data.
+
+    The dashboard (bound to 127.0.0.1) is on because Ray Train's placement-group cleaner asks its state
+    API whether a trial's controller is still alive: without it, a trial ASHA stops keeps its CPUs.
+    """
     import ray
 
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=3, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -42,6 +42,23 @@ def test_index_finds_the_brute_force_neighbours(kind, exact):
     assert np.all(np.diff(scores, axis=1) <= 1e-6), "best first"
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_gpu_index_finds_the_same_neighbours(kind):
+    """GPU twin of the brute-force test: `device: auto` picks CUDA (faiss-gpu when installed)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(0)
+    vectors, queries = unit_rows(rng, 3000, 32), unit_rows(rng, 40, 32)
+    index = Index(vectors, IndexSpec(kind, "auto", nlist=16, nprobe=16))
+    assert index.device == "cuda" or (kind == "ivf" and "faiss-gpu is not installed" in index.engine)
+    _, keys = index.search(queries, 20)
+    _, want = _brute(queries, vectors, 20)
+    assert np.mean([len(set(a) & set(b)) / 20 for a, b in zip(keys, want)]) >= 0.99
+
+
 def test_flat_index_searches_the_shared_array_in_place():
     vectors = unit_rows(np.random.default_rng(1), 500, 16)
     vectors.flags.writeable = False   # as ray.get hands it out
@@ -92,14 +109,9 @@ def test_filters_never_let_a_false_negative_through(seed, window, count, lo, sam
     query_cos = np.einsum("bd,bnd->bn", queries, vectors[np.maximum(picked, 0)])
     assert np.all((query_cos >= lo - 1e-6)[picked >= 0]) and np.all((query_cos <= 0.999 + 1e-6)[picked >= 0])
     assert stats["kept"] == int((picked >= 0).sum())
-    assert stats["candidates"] == stats["kept"] + sum(stats[f] for f in ("target", "window", "band", "false_negative",
-                                                                          "duplicate")) + _unpicked(stats, picked)
-
-
-def _unpicked(stats, picked):
-    """Survivors beyond `count` (or beyond the deduplicated head) are neither kept nor dropped."""
-    return stats["candidates"] - stats["kept"] - sum(stats[f] for f in ("target", "window", "band", "false_negative",
-                                                                         "duplicate"))
+    dropped = [stats[f] for f in ("target", "window", "band", "false_negative", "duplicate")]
+    assert min(dropped) >= 0 and stats["kept"] + sum(dropped) <= stats["candidates"]
+    assert stats["target"] == int(np.isin(keys, target[:, None]).sum() and (keys == target[:, None]).sum())
 
 
 def test_context_chunks_stay_allowed_as_negatives():
@@ -147,8 +159,9 @@ def _escape(text):
 def test_schedule_errors_surface_through_the_run_config():
     with pytest.raises(ConfigError, match="overrides: .*segment 2"):
         config.load(TrainConfig, None, ["mining.schedule=0-1:none;3-4:8@0.1-0.9"])
-    with pytest.raises(ConfigError, match="search_k"):
-        config.load(TrainConfig, None, ["mining.schedule=0-1:32@0.1-0.9", "mining.search_k=64"])
+    deep = config.load(TrainConfig, None, ["mining.schedule=0-1:32@0.1-0.9", "mining.search_k=64"]).mining
+    assert deep.spec(deep.curriculum.at(0)).search_k == 128, "the filters always get 4 x count neighbours"
+    assert config.load(MiningConfig, None, ["schedule=0:none;1-2:8@0.1-0.9", "negatives=4"]).curriculum.at(1).count == 4
     cfg = config.load(TrainConfig, None, ["mining.schedule=0-1:8@0.1-0.9", "optim.epochs=4"])
     with pytest.raises(ConfigError, match="covers epochs 0-1, but the run has 4 epochs"):
         cfg.mining.curriculum.check_covers(cfg.optim.epochs)
@@ -157,16 +170,16 @@ def test_schedule_errors_surface_through_the_run_config():
 def test_pool_miner_agrees_with_numpy(ray_local, synth_bank):
     """A miner mining by the targets' own vectors, with every filter off, returns the brute-force neighbours."""
     from raytt.mining.pool import MinerPool
-    from raytt.towers import TowerConfig
 
     bank = load_bank(synth_bank)
     cfg = config.load(MiningConfig, None, ["schedule=0:16@-1.0-1.0", "mine_by=target", "window=0", "fn_threshold=1.0",
                                            "actor_cpus=0.5"])
-    pool = MinerPool(ray_local.put(bank), TowerConfig(), cfg, progress=QUIET)
+    pool = MinerPool(ray_local.put(bank), cfg, progress=QUIET)
     try:
         target = np.arange(100, 4000, 97)
         request = {"context_keys": np.zeros((len(target), 1), np.int64), "context_len": np.zeros(len(target), np.int64),
-                   "target": target, "stage": cfg.curriculum.at(0), "step": 0, "weights": None, "index": None}
+                   "target": target, "spec": cfg.spec(cfg.curriculum.at(0)), "step": 0, "weights": None,
+                   "index": None}
         answer = ray_local.get(pool.submit(request, 0))
     finally:
         pool.shutdown()
@@ -202,11 +215,77 @@ def test_a_failing_miner_never_stops_the_run(ray_local, synth_bank, synth_shards
     assert last["mining/fallback_rate"] < 0.1 and last["mining/kept"] > 0, "mining must resume after the fault"
 
 
-def test_trainable_doc_tower_refreshes_the_index(ray_local, synth_bank, synth_shards, tmp_path):
+def test_trainable_doc_tower_trains_with_refreshes(ray_local, synth_bank, synth_shards, tmp_path):
     cfg = _mining_cfg(synth_bank, synth_shards, tmp_path, name="refresh", workers=0,
-                      **{"tower.doc": "mlp", "mining.refresh_every": 20, "optim.epochs": 4,
-                         "mining.schedule": "0-3:8@0.0-0.99"})
-    train(cfg, progress=QUIET)
+                      **{"tower.doc": "mlp", "mining.refresh_every": 20, "optim.epochs": 2,
+                         "mining.schedule": "0-1:8@0.0-0.99"})
+    assert train(cfg, progress=QUIET)["epochs"] == 2
     epochs = _epochs(cfg.run_dir)
-    assert epochs[-1]["mining/index_version"] > 0, "miners must swap in an index encoded by the trained doc tower"
-    assert epochs[-1]["mining/kept"] > 0
+    assert sum(e["mining/refreshes"] for e in epochs) >= 4 and epochs[-1]["mining/kept"] > 0
+
+
+def test_miner_swaps_in_a_refreshed_index_while_serving(ray_local, synth_bank):
+    """The old index answers until the re-encoded one is built; then answers come from the new space."""
+    import time
+
+    import torch
+
+    from raytt.mining.pool import MinerPool, model_state
+    from raytt.towers import TowerConfig, TwoTower, index_vectors
+
+    bank = load_bank(synth_bank)
+    tower = TowerConfig(doc="mlp", hidden=32)
+    cfg = config.load(MiningConfig, None, ["schedule=0:8@-1.0-1.0", "mine_by=target", "window=0", "fn_threshold=1.0",
+                                           "actor_cpus=0.5"])
+    torch.manual_seed(0)
+    model = TwoTower(tower, bank.dim)
+    torch.nn.init.normal_(model.doc.mlp[2].weight, std=1.0)   # a doc tower far from the identity
+    pool = MinerPool(ray_local.put(bank), cfg, progress=QUIET)
+    target = np.arange(50, 4000, 131)
+    request = {"context_keys": np.zeros((len(target), 1), np.int64), "context_len": np.zeros(len(target), np.int64),
+               "target": target, "spec": cfg.spec(cfg.curriculum.at(0)), "step": 7, "weights": None,
+               "index": (time.time(), 7, [pool.encode(ray_local.put(model_state(model)), config.to_dict(tower))])}
+    versions, deadline = [], time.time() + 120
+    try:
+        while time.time() < deadline and (not versions or versions[-1] == 0):
+            answer = ray_local.get(pool.submit(request, 0))
+            versions.append(answer["index_version"])
+    finally:
+        pool.shutdown()
+    assert versions[-1] == 8, f"the refreshed index (weights of step 7) never swapped in: {versions}"
+    index = index_vectors(model, bank.vectors)
+    _, want = _brute(index[target], index, 9)
+    assert np.array_equal(answer["keys"], np.array([[k for k in row if k != t][:8] for row, t in zip(want, target)]))
+
+
+def test_client_bounds_requests_in_flight_and_falls_back(ray_local):
+    """Backpressure: never more than max_in_flight outstanding; slow answers cost the batch, not the step."""
+    import time
+
+    import torch
+
+    from raytt.mining.client import MiningClient
+
+    @ray_local.remote(num_cpus=0)
+    def slow_answer(seconds):
+        time.sleep(seconds)
+        return {"keys": np.zeros((2, 8), np.int64), "stats": {"kept": 16}, "index_version": 0, "weights_step": -1,
+                "done": time.time()}
+
+    class SlowPool:
+        def submit(self, request, slot):
+            return slow_answer.remote(1.0)
+
+    cfg = config.load(MiningConfig, None, ["schedule=0:8@0.0-0.9", "max_in_flight=2", "timeout_s=0.05",
+                                           "mine_by=target"])
+    client = MiningClient(SlowPool(), cfg, rank=0, tower={"doc": "identity"})
+    batch = (torch.zeros((2, 3), dtype=torch.int64), torch.ones(2, dtype=torch.int64), torch.arange(2))
+    tickets = [client.submit(cfg.curriculum.at(0), i, *batch) for i in range(4)]
+    assert [t.ref is not None for t in tickets] == [True, True, False, False]
+    started = time.perf_counter()
+    assert all(client.collect(t, i) is None for i, t in enumerate(tickets))
+    assert time.perf_counter() - started < 1.0, "a step waits at most timeout_s"
+    metrics = client.epoch_metrics(lambda values: values)
+    assert metrics["mining/fallback_rate"] == 1.0
+    assert metrics["mining/fallback_busy"] == 2 and metrics["mining/fallback_timeout"] == 2
+    assert client.collect(None, 0) is None and client.epoch_metrics(lambda v: v)["mining/requests"] == 0

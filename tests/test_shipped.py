@@ -8,16 +8,17 @@ import pytest
 
 from raytt import config
 from raytt.runconfig import TrainConfig
+from raytt.tune import SearchConfig
 from raytt.sequences import BuildConfig, open_shards
 from raytt.synth import SynthConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = {"synth": SynthConfig, "build": BuildConfig, "demo.yaml": TrainConfig, "wiki768.yaml": TrainConfig}
+KINDS = {"synth": SynthConfig, "build": BuildConfig, "demo": TrainConfig, "wiki768": TrainConfig, "tune": SearchConfig}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_config_loads(path):
-    kind = path.name if path.name in KINDS else path.name.split("_")[0]
+    kind = path.stem.split("_")[0]
     assert kind in KINDS, f"{path.name}: name must start with one of {sorted(KINDS)}"
     config.load(KINDS[kind], path)
 
@@ -28,3 +29,12 @@ def test_prepare_job_entrypoint(tmp_path):
                     "--synth-config", str(tmp_path / "s.yaml"), "--build-config",
                     str(ROOT / "configs" / "build_demo.yaml")], check=True, capture_output=True)
     assert open_shards(tmp_path / "run" / "shards").rows("train") > 1000
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("tune_*.yaml")), ids=lambda p: p.name)
+def test_shipped_search_space_fits_its_training_config(path, monkeypatch):
+    from raytt.tune import base_config, check_space
+
+    monkeypatch.chdir(ROOT)
+    search = config.load(SearchConfig, path)
+    check_space(search, base_config(search))

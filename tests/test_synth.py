@@ -59,3 +59,18 @@ def test_learnable_but_not_trivial(synth_bank):
 def test_bad_config_refused():
     with pytest.raises(ConfigError, match="speed_min <= speed_max"):
         SynthConfig(speed_min=2.0, speed_max=1.0)
+
+
+def test_quotes_plant_cross_article_twins(tmp_path):
+    def twins(quote_rate):
+        cfg = SynthConfig(num_vectors=3000, dim=32, latent_dim=8, boilerplate_rate=0.0, quote_rate=quote_rate)
+        generate(cfg, tmp_path / str(quote_rate), progress=QUIET)
+        bank = load_bank(tmp_path / str(quote_rate))
+        sims = np.triu(bank.vectors @ bank.vectors.T, 1)
+        a, b = np.nonzero(sims > 0.98)
+        return bank.article_codes[a], bank.article_codes[b]
+
+    a, b = twins(0.2)
+    assert len(a) >= 0.8 * 3000 * 0.2 / 2, "about quote_rate/2 of the chunks have a twin"
+    assert (a != b).all(), "twins sit in different articles"
+    assert len(twins(0.0)[0]) == 0

@@ -16,6 +16,14 @@ from raytt.mining.index import IndexSpec
 from raytt.mining.schedule import Curriculum, Stage, parse
 from raytt.mining.select import FilterConfig
 
+
+@dataclass(frozen=True)
+class MineSpec:
+    stage: Stage
+    filters: FilterConfig
+    search_k: int
+    mine_by: str
+
 __all__ = ["MiningConfig", "Curriculum", "Stage", "parse"]
 
 
@@ -27,6 +35,8 @@ def _help(text: str) -> dict:
 class MiningConfig:
     schedule: str = field(default="", metadata=_help(
         "curriculum, e.g. '0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96' (epochs:none or count@lo-hi); '' = never"))
+    negatives: int = field(default=0, metadata=_help(
+        "mined negatives per query in every mining stage (0 = the counts the schedule gives)"))
     actors: int = field(default=1, metadata=_help("miner actors (created by the driver, shared by all workers)"))
     actor_cpus: float = field(default=1.0, metadata=_help("CPUs per miner actor (also its torch/FAISS threads)"))
     actor_gpus: float = field(default=0.0, metadata=_help("GPUs per miner actor (a GPU index when > 0 and CUDA is there)"))
@@ -41,7 +51,7 @@ class MiningConfig:
         "mine around the model's current query vectors (ANCE-style) or the positives' vectors"))
     sampling: Literal["top", "random"] = field(default="top", metadata=_help(
         "take the hardest survivors in the band, or a uniform sample of them"))
-    search_k: int = field(default=64, metadata=_help("neighbours searched per query before filtering (>= 4 x count)"))
+    search_k: int = field(default=64, metadata=_help("neighbours searched per query before filtering (at least 4 x count)"))
     window: int = field(default=1, metadata=_help(
         "drop same-article chunks within +-window positions of the target (context chunks stay allowed)"))
     fn_threshold: float = field(default=0.95, metadata=_help(
@@ -61,13 +71,15 @@ class MiningConfig:
             self.curriculum = parse(self.schedule)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        if self.negatives < 0:
+            raise ValueError(f"mining.negatives must be >= 0, got {self.negatives}")
+        if self.negatives:
+            self.curriculum = self.curriculum.with_count(self.negatives)
         if self.actors < 1 or self.actor_cpus <= 0 or self.actor_gpus < 0:
             raise ValueError("mining.actors must be >= 1, mining.actor_cpus > 0, mining.actor_gpus >= 0")
-        if self.search_k < 4 * self.curriculum.max_count:
-            raise ValueError(f"mining.search_k ({self.search_k}) must be >= 4 x the largest count in the schedule "
-                             f"({self.curriculum.max_count}): the filters need room")
-        if self.window < 0 or not -1.0 < self.fn_threshold <= 1.0 or self.timeout_s < 0:
-            raise ValueError("mining.window must be >= 0, mining.fn_threshold in (-1, 1], mining.timeout_s >= 0")
+        if self.search_k < 1 or self.window < 0 or not -1.0 < self.fn_threshold <= 1.0 or self.timeout_s < 0:
+            raise ValueError("mining.search_k must be >= 1, mining.window >= 0, mining.fn_threshold in (-1, 1], "
+                             "mining.timeout_s >= 0")
         if self.max_in_flight < 1 or self.sync_every < 1 or self.refresh_every < 1 or self.nprobe < 1:
             raise ValueError("mining.max_in_flight, sync_every, refresh_every and nprobe must be >= 1")
         self.fault_kind, self.fault_steps = _parse_fault(self.fault)
@@ -76,8 +88,10 @@ class MiningConfig:
         return IndexSpec(self.index, self.device, self.nlist, self.nprobe, self.hnsw_m, self.ef_search,
                          max(1, int(self.actor_cpus)))
 
-    def filters(self) -> FilterConfig:
-        return FilterConfig(self.window, self.fn_threshold, self.sampling)
+    def spec(self, stage: Stage) -> MineSpec:
+        """What one request asks for: everything a trial may vary travels with the request, not the pool."""
+        return MineSpec(stage, FilterConfig(self.window, self.fn_threshold, self.sampling),
+                        max(self.search_k, 4 * stage.count), self.mine_by)
 
 
 def _parse_fault(text: str) -> tuple[str, tuple[int, int]]:

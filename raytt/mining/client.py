@@ -22,7 +22,7 @@ from raytt.mining.schedule import Stage
 from raytt.mining.select import FILTERS
 
 COUNTS = ("requests", "fallbacks", "timeout", "error", "actor_died", "busy", "candidates", "kept", "short_rows",
-          *FILTERS)
+          "refreshes", *FILTERS)
 
 
 @dataclass
@@ -34,9 +34,9 @@ class Ticket:
 
 
 class MiningClient:
-    def __init__(self, pool: MinerPool, cfg: MiningConfig, rank: int, trainable_docs: bool) -> None:
-        self.pool, self.cfg, self.rank = pool, cfg, rank
-        self.refresh = trainable_docs and rank == 0
+    def __init__(self, pool: MinerPool, cfg: MiningConfig, rank: int, tower: dict) -> None:
+        self.pool, self.cfg, self.rank, self.tower = pool, cfg, rank, tower
+        self.refresh = tower["doc"] != "identity" and rank == 0
         self.slot = rank
         self.in_flight: list = []
         self.weights = None
@@ -52,9 +52,10 @@ class MiningClient:
 
         needs_weights = self.cfg.mine_by == "query" or self.refresh
         if needs_weights and (self.weights is None or step - self.weights[1] >= self.cfg.sync_every):
-            self.weights = (time.time(), step, [ray.put(model_state(model))])
+            self.weights = (time.time(), step, [ray.put(model_state(model))], self.tower)
         if self.refresh and (self.index_offer is None or step - self.index_offer[1] >= self.cfg.refresh_every):
-            self.index_offer = (time.time(), step, [self.pool.encode(self.weights[2][0])])
+            self.index_offer = (time.time(), step, [self.pool.encode(self.weights[2][0], self.tower)])
+            self.counts["refreshes"] += 1
 
     def submit(self, stage: Stage, step: int, keys: torch.Tensor, lengths: torch.Tensor,
                target: torch.Tensor) -> Ticket | None:
@@ -68,7 +69,8 @@ class MiningClient:
         if len(self.in_flight) >= self.cfg.max_in_flight:
             return Ticket(None, time.time())
         request = {"context_keys": keys.numpy(), "context_len": lengths.numpy(), "target": target.numpy(),
-                   "stage": stage, "step": step, "weights": self.weights if self.cfg.mine_by == "query" else None,
+                   "spec": self.cfg.spec(stage), "step": step,
+                   "weights": self.weights if self.cfg.mine_by == "query" else None,
                    "index": self.index_offer}
         ref = self.pool.submit(request, self.slot)
         self.slot += 1
@@ -116,7 +118,7 @@ class MiningClient:
                "mining/fallback_rate": totals["fallbacks"] / totals["requests"] if totals["requests"] else 0.0}
         for reason in ("timeout", "error", "actor_died", "busy"):
             out[f"mining/fallback_{reason}"] = totals[reason]
-        for name in ("candidates", "kept", "short_rows", *FILTERS):
+        for name in ("candidates", "kept", "short_rows", "refreshes", *FILTERS):
             out[f"mining/{'dropped_' + name if name in FILTERS else name}"] = totals[name]
         if self.latency_ms:
             out["mining/latency_ms_p50"] = float(np.percentile(self.latency_ms, 50))

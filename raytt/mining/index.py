@@ -73,11 +73,13 @@ class Index:
             if self.device == "cuda" and _faiss_gpu():
                 index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
                 self.engine = "faiss-gpu " + self.engine[6:]
+            elif self.device == "cuda":
+                self.device, self.engine = "cpu", self.engine + " (CPU: faiss-gpu is not installed)"
         else:
             index = faiss.IndexHNSWFlat(d, self.spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = max(40, 2 * self.spec.hnsw_m)
             index.add(self.vectors)
-            self.engine = f"faiss HNSWFlat M={self.spec.hnsw_m} (CPU: FAISS has no GPU HNSW)"
+            self.device, self.engine = "cpu", f"faiss HNSWFlat M={self.spec.hnsw_m} (CPU: FAISS has no GPU HNSW)"
         self.faiss_index = index
 
     @property

@@ -2,9 +2,10 @@
 
 Each `Miner` maps the shared bank from the object store (zero-copy), builds its index, and answers
 `mine(request)`: encode the mining queries with the newest tower weights it was offered, search,
-filter, sample. A request carries the weights and any refreshed index as nested ObjectRefs with a
-timestamp, so a miner that Ray restarts catches up from the next request; nothing is pushed to
-actors out of band. An index refresh builds in a background thread while the old index keeps
+filter, sample. A request carries what to mine (stage, filters, search depth: a Tune trial may vary
+them while every trial shares the pool), and the tower (config and weights) and any refreshed index
+as nested ObjectRefs with a timestamp, so a miner that Ray restarts catches up from the next
+request; nothing is pushed to actors out of band. An index refresh builds in a background thread while the old index keeps
 serving, then swaps in one assignment.
 """
 
@@ -36,7 +37,7 @@ def load_model(tower: dict, dim: int, state: dict) -> TwoTower:
     return model.eval()
 
 
-def encode_bank(bank, tower: dict, state: dict) -> np.ndarray:
+def encode_bank(bank, state: dict, tower: dict) -> np.ndarray:
     """The doc tower over the whole bank: the index a trainable doc tower retrieves from."""
     return index_vectors(load_model(tower, bank.dim, state), bank.vectors)
 
@@ -44,14 +45,14 @@ def encode_bank(bank, tower: dict, state: dict) -> np.ndarray:
 class Miner:
     """One mining actor: an index over the shared bank and the tower weights to encode queries with."""
 
-    def __init__(self, bank_ref: list, tower: dict, mining: dict, number: int) -> None:
+    def __init__(self, bank_ref: list, mining: dict, number: int) -> None:
         import ray
 
         self.cfg = config.from_dict(MiningConfig, mining, "miner config")
         threads = max(1, int(self.cfg.actor_cpus))
         torch.set_num_threads(threads)
         bank = ray.get(bank_ref[0])
-        self.bank, self.tower, self.number = bank.vectors, tower, number
+        self.bank, self.number = bank.vectors, number
         self.layout = BankLayout(bank.article_codes, bank.positions)
         self.index = Index(bank.vectors, self.cfg.index_spec())
         self.index_stamp, self.building = 0.0, 0.0
@@ -70,18 +71,17 @@ class Miner:
         self._inject(request["step"])
         self._offer_weights(request.get("weights"))
         self._offer_index(request.get("index"))
-        index = self.index
+        index, spec = self.index, request["spec"]
         target = request["target"]
-        if self.cfg.mine_by == "query":
+        if spec.mine_by == "query":
             if self.model is None:
                 raise RuntimeError("mine_by=query but no tower weights were offered yet")
             queries = query_vectors(self.model, self.bank, request["context_keys"], request["context_len"])
         else:
             queries = index.vectors[target]
-        stage = request["stage"]
-        scores, keys = index.search(queries, max(self.cfg.search_k, 4 * stage.count))
-        picked, stats = select(scores, keys, target, request["context_len"], self.layout, index.vectors, stage,
-                               self.cfg.filters(), self.rng)
+        scores, keys = index.search(queries, spec.search_k)
+        picked, stats = select(scores, keys, target, request["context_len"], self.layout, index.vectors, spec.stage,
+                               spec.filters, self.rng)
         return {"keys": picked, "stats": stats, "index_version": index.version, "weights_step": self.weights_step,
                 "received": received, "done": time.time(), "miner": self.number}
 
@@ -96,8 +96,8 @@ class Miner:
 
         if offer is None or offer[0] <= self.weights_stamp:
             return
-        stamp, step, (ref,) = offer
-        self.model = load_model(self.tower, self.bank.shape[1], ray.get(ref))
+        stamp, step, (ref,), tower = offer
+        self.model = load_model(tower, self.bank.shape[1], ray.get(ref))
         self.weights_stamp, self.weights_step = stamp, step
 
     def _offer_index(self, offer) -> None:
@@ -124,15 +124,14 @@ class Miner:
 class MinerPool:
     """N miner actors over one shared bank, created by the top-level driver and handed to every worker."""
 
-    def __init__(self, bank_ref, tower: TowerConfig, cfg: MiningConfig, progress=print) -> None:
+    def __init__(self, bank_ref, cfg: MiningConfig, progress=print) -> None:
         import ray
 
         self.cfg, self.bank_ref = cfg, bank_ref
-        self.tower = config.to_dict(tower)
         actor = ray.remote(Miner).options(num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus,
                                           max_restarts=cfg.max_restarts, max_task_retries=0)
         mining = config.to_dict(cfg)
-        self.actors = [actor.remote([bank_ref], self.tower, mining, i) for i in range(cfg.actors)]
+        self.actors = [actor.remote([bank_ref], mining, i) for i in range(cfg.actors)]
         started = time.perf_counter()
         try:
             infos = ray.get([a.info.remote() for a in self.actors], timeout=cfg.start_timeout_s)
@@ -149,12 +148,12 @@ class MinerPool:
         """Send one request to the miner at `slot` (round robin); returns its ObjectRef."""
         return self.actors[slot % len(self.actors)].mine.remote(request)
 
-    def encode(self, state_ref):
+    def encode(self, state_ref, tower: dict):
         """Start re-encoding the bank with the doc tower weights in `state_ref`; returns the index's ObjectRef."""
         import ray
 
         task = ray.remote(encode_bank).options(num_cpus=min(1.0, self.cfg.actor_cpus))
-        return task.remote(self.bank_ref, self.tower, state_ref)
+        return task.remote(self.bank_ref, state_ref, tower)
 
     def shutdown(self) -> None:
         import ray

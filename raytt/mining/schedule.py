@@ -57,6 +57,11 @@ class Curriculum:
             raise ConfigError(f"{where} {self.text!r} covers epochs 0-{self.stages[-1].last}, but the run has "
                               f"{epochs} epochs (0-{epochs - 1}); extend the last segment")
 
+    def with_count(self, count: int) -> "Curriculum":
+        """The same schedule with every mining stage asking for `count` negatives."""
+        stages = tuple(Stage(s.first, s.last, count, s.lo, s.hi) if s.count else s for s in self.stages)
+        return Curriculum(self.text, stages)
+
     def describe(self) -> list[str]:
         return [str(s) for s in self.stages] or ["no mining: in-batch negatives only"]
 

@@ -1,6 +1,7 @@
 """From a nearest-neighbour search to hard negatives: the false-negative filters, the band, sampling.
 
-Candidates are dropped, in this order, and each drop is counted by the filter that made it:
+Candidates are dropped, in this order, and each drop is counted by the filter that made it (the
+last two, which need vectors, look at the first 4 x count survivors in sampling order):
   target          the target key itself
   window          a chunk of the target's article within +-window positions of it, except the
                   context chunks, which stay allowed (they are the commonest impostors)
@@ -39,50 +40,42 @@ class BankLayout:
 
 def select(scores: np.ndarray, keys: np.ndarray, target: np.ndarray, context_len: np.ndarray, layout: BankLayout,
            vectors: np.ndarray, stage: Stage, cfg: FilterConfig, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Negative keys [B, stage.count] (-1 padded) and the per-filter counts, from search results [B, K]."""
+    """Negative keys [B, stage.count] (-1 padded) and the per-filter counts, from search results [B, K].
+
+    The cheap filters (target, window, band) see every candidate; the two that need vectors see the
+    first 4 x count survivors in sampling order, which is where the negatives come from.
+    """
     b, k = keys.shape
     alive = keys >= 0
     stats = {"candidates": int(alive.sum())}
     safe = np.where(alive, keys, 0)
 
-    def drop(name: str, mask: np.ndarray) -> None:
-        nonlocal alive
-        hit = alive & mask
+    def drop(name: str, mask: np.ndarray, where: np.ndarray) -> np.ndarray:
+        hit = where & mask
         stats[name] = int(hit.sum())
-        alive = alive & ~hit
+        return where & ~hit
 
-    drop("target", safe == target[:, None])
+    alive = drop("target", safe == target[:, None], alive)
     offset = layout.positions[safe] - layout.positions[target][:, None]
     same = layout.articles[safe] == layout.articles[target][:, None]
     in_context = (offset < 0) & (offset >= -context_len[:, None])
-    drop("window", same & (np.abs(offset) <= cfg.window) & ~in_context)
-    drop("band", (scores < stage.lo) | (scores > stage.hi))
-    drop("false_negative", _cosine_to_target(vectors, safe, target, alive) >= cfg.fn_threshold)
+    alive = drop("window", same & (np.abs(offset) <= cfg.window) & ~in_context, alive)
+    alive = drop("band", (scores < stage.lo) | (scores > stage.hi), alive)
 
-    order = _order(scores, alive, cfg.sampling, rng)
-    ranked_keys, ranked_alive = np.take_along_axis(safe, order, 1), np.take_along_axis(alive, order, 1)
-    m = min(k, 2 * stage.count)
-    head_keys, head_alive = ranked_keys[:, :m], ranked_alive[:, :m]
-    duplicate = _near_copies(vectors, head_keys, head_alive, cfg.fn_threshold)
-    stats["duplicate"] = int((head_alive & duplicate).sum())
-    head_alive = head_alive & ~duplicate
+    order = _order(scores, alive, cfg.sampling, rng)[:, :min(k, 4 * stage.count)]
+    head_keys, head_alive = np.take_along_axis(safe, order, 1), np.take_along_axis(alive, order, 1)
+    head = vectors[head_keys]
+    to_target = np.matmul(head, vectors[target][:, :, None])[:, :, 0]
+    head_alive = drop("false_negative", to_target >= cfg.fn_threshold, head_alive)
+    head_alive = drop("duplicate", _near_copies(head, head_keys, head_alive, cfg.fn_threshold), head_alive)
+
     picked = np.full((b, stage.count), -1, dtype=np.int64)
     slot = np.cumsum(head_alive, axis=1) - 1
     take = head_alive & (slot < stage.count)
-    rows = np.nonzero(take)[0]
-    picked[rows, slot[take]] = head_keys[take]
+    picked[np.nonzero(take)[0], slot[take]] = head_keys[take]
     stats["kept"] = int(take.sum())
     stats["short_rows"] = int((take.sum(1) < stage.count).sum())
     return picked, stats
-
-
-def _cosine_to_target(vectors: np.ndarray, keys: np.ndarray, target: np.ndarray, alive: np.ndarray) -> np.ndarray:
-    """cos(candidate, target) where alive (else -inf), computed only for the live candidates."""
-    out = np.full(keys.shape, -np.inf, dtype=np.float32)
-    rows, cols = np.nonzero(alive)
-    if len(rows):
-        out[rows, cols] = np.einsum("nd,nd->n", vectors[keys[rows, cols]], vectors[target[rows]])
-    return out
 
 
 def _order(scores: np.ndarray, alive: np.ndarray, sampling: str, rng: np.random.Generator) -> np.ndarray:
@@ -95,10 +88,9 @@ def _order(scores: np.ndarray, alive: np.ndarray, sampling: str, rng: np.random.
     return np.argsort(priority, axis=1, kind="stable")
 
 
-def _near_copies(vectors: np.ndarray, keys: np.ndarray, alive: np.ndarray, threshold: float) -> np.ndarray:
+def _near_copies(head: np.ndarray, keys: np.ndarray, alive: np.ndarray, threshold: float) -> np.ndarray:
     """[B, m] True where a live candidate repeats, or nearly copies, a live candidate ranked before it."""
-    v = vectors[keys]
-    gram = np.einsum("bid,bjd->bij", v, v)
+    gram = np.matmul(head, head.transpose(0, 2, 1))
     earlier = np.tril(np.ones(gram.shape[1:], dtype=bool), -1)
     both = alive[:, :, None] & alive[:, None, :] & earlier[None]
     repeat = (keys[:, :, None] == keys[:, None, :]) | (gram >= threshold)

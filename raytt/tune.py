@@ -1,0 +1,333 @@
+"""Ray Tune searches over training hyperparameters, scheduled by ASHA on full-bank validation recall.
+
+`raytt tune --config configs/tune_demo.yaml` reads a `SearchConfig`: a base training config, a search
+space over any of its fields (dotted keys: `loss.tau`, `optim.lr`, `mining.schedule`, ...), a search
+algorithm and the metric. The top-level driver checks the data once, puts the bank in the object
+store once and starts one miner pool that every trial shares; each trial is a function that builds
+a `TorchTrainer` (the Ray Train V2 pattern; metrics reach Tune through `TuneReportCallback`). Trials
+report once per epoch, after full-bank validation, so ASHA only ever compares full-bank numbers.
+The search ends with `results.csv` and `best.yaml`, which `raytt train --config best.yaml` runs as is.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from raytt import config
+from raytt.errors import ConfigError, RayttError
+from raytt.runconfig import TrainConfig
+
+SEARCH_FILE = "search.yaml"
+TRIAL_DRIVER_CPU = 0.01   # a trial's own actor only waits on its TorchTrainer; the workers hold the CPUs
+Value = str | int | float | bool
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class Param:
+    """One dimension of the search space."""
+
+    kind: Literal["loguniform", "uniform", "randint", "choice", "grid"] = field(
+        default="choice", metadata=_help("loguniform/uniform/randint over [low, high], or choice/grid over values"))
+    low: float = 0.0
+    high: float = 0.0
+    values: tuple[Value, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind in ("choice", "grid") and not self.values:
+            raise ValueError(f"a {self.kind} parameter needs values")
+        if self.kind in ("loguniform", "uniform", "randint") and not self.low < self.high:
+            raise ValueError(f"a {self.kind} parameter needs low < high, got {self.low}, {self.high}")
+        if self.kind == "loguniform" and self.low <= 0:
+            raise ValueError(f"a loguniform parameter needs low > 0, got {self.low}")
+
+    def sample_value(self) -> Value:
+        """A representative value, used to check the key against the training config before any trial runs."""
+        if self.values:
+            return self.values[0]
+        return int(self.low) if self.kind == "randint" else self.low
+
+    def to_tune(self, grid: bool):
+        from ray import tune
+
+        if self.kind == "loguniform":
+            return tune.loguniform(self.low, self.high)
+        if self.kind == "uniform":
+            return tune.uniform(self.low, self.high)
+        if self.kind == "randint":
+            return tune.randint(int(self.low), int(self.high))
+        if self.kind == "grid" or grid:
+            return tune.grid_search(list(self.values))
+        return tune.choice(list(self.values))
+
+
+@dataclass
+class SearchConfig:
+    name: str = field(default="tune", metadata=_help("search name: its directory under storage; --resume continues it"))
+    storage: str = field(default="runs/tune", metadata=_help("directory holding searches"))
+    train: str = field(default="configs/demo.yaml", metadata=_help("the base training config every trial starts from"))
+    overrides: tuple[str, ...] = field(default=(), metadata=_help("overrides of the base config, KEY=VALUE"))
+    search: Literal["random", "grid", "optuna"] = field(default="random", metadata=_help(
+        "random sampling, a grid over choice/grid values, or Optuna's TPE (pip install raytt[optuna])"))
+    num_samples: int = field(default=6, metadata=_help("trials (random, optuna); repeats of the grid (grid)"))
+    metric: str = field(default="val/R@10", metadata=_help("full-bank validation metric to maximise: val/R@K or val/MRR@10"))
+    scheduler: Literal["asha", "fifo"] = field(default="asha", metadata=_help("asha stops weak trials early; fifo runs all"))
+    grace_period: int = field(default=1, metadata=_help("asha: epochs every trial runs before it can be stopped"))
+    reduction_factor: int = field(default=2, metadata=_help("asha: keep the top 1/reduction_factor at each rung"))
+    max_concurrent_trials: int = field(default=0, metadata=_help("0 = as many as the cluster's CPUs/GPUs fit"))
+    seed: int = field(default=0, metadata=_help("seed of the search algorithm"))
+    space: dict[str, Param] = field(default_factory=dict, metadata=_help("dotted training-config key -> Param"))
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a non-empty directory name, got {self.name!r}")
+        if not self.metric.startswith("val/") or self.metric == "val/in_batch_acc":
+            raise ValueError(f"metric must be a full-bank validation metric (val/R@K, val/MRR@10), not "
+                             f"{self.metric!r}: loss and in-batch accuracy say nothing about full-bank retrieval")
+        if self.num_samples < 1 or self.grace_period < 1 or self.reduction_factor < 2 or self.max_concurrent_trials < 0:
+            raise ValueError("num_samples and grace_period must be >= 1, reduction_factor >= 2, "
+                             "max_concurrent_trials >= 0")
+        if not self.space:
+            raise ValueError("space is empty: name at least one training-config key to search")
+        if self.search == "grid" and any(p.kind not in ("choice", "grid") for p in self.space.values()):
+            raise ValueError("search: grid needs every space parameter to be choice or grid (values to enumerate)")
+        if self.search == "optuna" and any(p.kind == "grid" for p in self.space.values()):
+            raise ValueError("search: optuna samples its own points; use choice instead of grid parameters")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.storage) / self.name
+
+
+def load_search(run_dir: str | Path) -> SearchConfig:
+    """The config a search was started with, pointed at the directory it lives in (to resume it)."""
+    run_dir = Path(run_dir)
+    path = run_dir / SEARCH_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a search directory (no {SEARCH_FILE}); start it with --config")
+    search = config.load(SearchConfig, path)
+    return dataclasses.replace(search, storage=str(run_dir.resolve().parent), name=run_dir.resolve().name)
+
+
+def set_dotted(data: dict, key: str, value) -> None:
+    """Set `a.b.c` in a nested mapping (sections are created as needed)."""
+    *sections, last = key.split(".")
+    node = data
+    for part in sections:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"search space key {key!r}: {part!r} is not a section")
+    node[last] = value
+
+
+def base_config(search: SearchConfig) -> dict:
+    """The base training config as a plain mapping (relative paths resolved on the driver)."""
+    from raytt.train import absolute_paths
+
+    return config.to_dict(absolute_paths(config.load(TrainConfig, search.train, list(search.overrides))))
+
+
+def trial_config(base: dict, params: dict, storage: Path, name: str) -> TrainConfig:
+    """A trial's full training config: the base, the trial's parameters, its own run directory."""
+    data = json.loads(json.dumps(base))
+    for key, value in params.items():
+        set_dotted(data, key, value)
+    data["name"], data["storage"] = name, str(storage)
+    return config.from_dict(TrainConfig, data, f"trial {name} (params {params})")
+
+
+def check_space(search: SearchConfig, base: dict) -> None:
+    """Every space key must name a training-config field and accept its values, before anything starts."""
+    for key, param in search.space.items():
+        for value in (param.values or (param.sample_value(), param.high if param.kind != "randint" else int(param.high) - 1)):
+            try:
+                cfg = trial_config(base, {key: value}, Path("."), "check")
+            except ConfigError as exc:
+                raise ConfigError(f"{search.run_dir / SEARCH_FILE}: space.{key} = {value!r}: {exc}") from None
+            cfg.mining.curriculum.check_covers(cfg.optim.epochs, f"space.{key} value")
+
+
+def concurrency(search: SearchConfig, base: TrainConfig, cpus: float, gpus: float, miner_cpus: float) -> int:
+    """Trials that fit at once: the cluster's CPUs (less the miners and one for Ray Data) over a trial's."""
+    if search.max_concurrent_trials:
+        return search.max_concurrent_trials
+    workers = max(1, base.workers)
+    by_cpu = (cpus - miner_cpus - 1) // (workers * base.threads_per_worker)
+    by_gpu = gpus // workers if base.use_gpu else math.inf
+    return int(max(1, min(by_cpu, by_gpu)))
+
+
+def run_trial(params: dict, shared: dict) -> None:
+    """One trial: the base config plus `params`, trained by its own TorchTrainer, reported to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raytt.train import make_trainer
+
+    name = ray.tune.get_context().get_trial_id()
+    cfg = trial_config(shared["base"], params, Path(shared["trials"]), name)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.run_dir / "starts.log", "a") as log:
+        log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} params={json.dumps(params, sort_keys=True)}\n")
+    trainer = make_trainer(cfg, shared["inputs"], shared["bank"], shared["pool"], callbacks=[TuneReportCallback()],
+                           tune=True)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+
+
+def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dict]:
+    """Run (or resume) a search; returns the results table, best first."""
+    import ray
+    from ray import tune as rt
+
+    from raytt.train import prepare, start_pool, start_ray
+
+    if not resume:
+        search = dataclasses.replace(search, train=str(Path(search.train).resolve()))
+    run_dir = Path(search.run_dir).resolve()
+    base = base_config(search)
+    check_space(search, base)
+    base_cfg = config.from_dict(TrainConfig, base, search.train)
+    mines = base_cfg.mining.curriculum.mines or any(
+        config.from_dict(TrainConfig, _with(base, k, v), "space").mining.curriculum.mines
+        for k, p in search.space.items() if k.startswith("mining.") for v in p.values)
+    inputs = prepare(base_cfg, progress, check_run=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        config.dump(search, run_dir / SEARCH_FILE)
+    start_ray(base_cfg, extra_cpus=max(1, base_cfg.workers) * base_cfg.threads_per_worker)
+    bank_ref = ray.put(inputs["bank"])
+    pool = start_pool(base_cfg, bank_ref, progress, force=mines)
+    resources = ray.cluster_resources()
+    miner_cpus = base_cfg.mining.actors * base_cfg.mining.actor_cpus if pool else 0
+    limit = concurrency(search, base_cfg, resources.get("CPU", 1), resources.get("GPU", 0), miner_cpus)
+    shared = {"base": base, "inputs": inputs, "bank": bank_ref, "pool": pool, "trials": str(run_dir / "trials")}
+    trainable = rt.with_resources(rt.with_parameters(run_trial, shared=shared), {"cpu": TRIAL_DRIVER_CPU})
+    progress(f"tune: {search.search} search over {sorted(search.space)}, {search.num_samples} sample(s), metric "
+             f"{search.metric}, scheduler {search.scheduler}; up to {limit} trial(s) at once")
+    started = time.perf_counter()
+    try:
+        if resume:
+            if not rt.Tuner.can_restore(str(run_dir)):
+                raise RayttError(f"{run_dir}: no Tune experiment state to resume")
+            tuner = rt.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = rt.Tuner(trainable, param_space={k: p.to_tune(search.search == "grid")
+                                                     for k, p in search.space.items()},
+                             tune_config=_tune_config(search, base_cfg, limit),
+                             run_config=ray.tune.RunConfig(name=search.name, storage_path=str(run_dir.parent),
+                                                           verbose=0))
+        grid = tuner.fit()
+    finally:
+        if pool:
+            pool.shutdown()
+    rows = results_table(grid, search, base_cfg)
+    write_results(rows, search, base, run_dir)
+    progress(format_results(rows, search))
+    progress(f"tune: done in {time.perf_counter() - started:.0f}s; {run_dir / 'results.csv'}, best config "
+             f"{run_dir / 'best.yaml'}")
+    return rows
+
+
+def _with(base: dict, key: str, value) -> dict:
+    data = json.loads(json.dumps(base))
+    set_dotted(data, key, value)
+    return data
+
+
+def _tune_config(search: SearchConfig, base: TrainConfig, limit: int):
+    from ray import tune as rt
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    algo = None
+    if search.search == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError as exc:
+            raise ConfigError(f"search: optuna needs the optuna package (pip install 'raytt[optuna]'): {exc}") from None
+        algo = OptunaSearch(seed=search.seed)
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=base.optim.epochs, grace_period=search.grace_period,
+                               reduction_factor=search.reduction_factor)
+                 if search.scheduler == "asha" else FIFOScheduler())
+    return rt.TuneConfig(metric=search.metric, mode="max", search_alg=algo, scheduler=scheduler,
+                         num_samples=search.num_samples, max_concurrent_trials=limit,
+                         trial_dirname_creator=_trial_id, trial_name_creator=_trial_id)
+
+
+def _trial_id(trial) -> str:
+    """Trials are named by id: the Tune directory and the training run directory (trials/ID) match."""
+    return trial.trial_id
+
+
+def results_table(grid, search: SearchConfig, base: TrainConfig) -> list[dict]:
+    """One row per trial: params, best metric over its epochs, epochs run, stopped early, error; best first."""
+    rows = []
+    for result in grid:
+        history = result.metrics_dataframe
+        values = history[search.metric].dropna() if history is not None and search.metric in history else []
+        epochs = int(history["epoch"].max()) if history is not None and "epoch" in history and len(history) else 0
+        rows.append({"trial": result.path.rstrip("/").split("/")[-1],
+                     "params": {k: result.config[k] for k in search.space},
+                     "best": float(max(values)) if len(values) else float("nan"), "epochs": epochs,
+                     "stopped_early": result.error is None and epochs < base.optim.epochs,
+                     "error": str(result.error).splitlines()[0] if result.error else ""})
+    return sorted(rows, key=lambda r: (math.isnan(r["best"]), -r["best"] if not math.isnan(r["best"]) else 0))
+
+
+def write_results(rows: list[dict], search: SearchConfig, base: dict, run_dir: Path) -> None:
+    """results.csv (atomically) and best.yaml: the best trial's full config, ready for `raytt train`."""
+    from raytt.storage import atomic_write_text
+
+    keys = sorted(search.space)
+    lines = [["rank", "trial", search.metric, "epochs", "stopped_early", "error", *keys]]
+    for i, r in enumerate(rows, 1):
+        lines.append([i, r["trial"], f"{r['best']:.4f}", r["epochs"], r["stopped_early"], r["error"],
+                      *[r["params"][k] for k in keys]])
+    atomic_write_text(run_dir / "results.csv", "".join(_csv_line(line) for line in lines))
+    best = next((r for r in rows if not math.isnan(r["best"])), None)
+    if best is None:
+        raise RayttError(f"tune: no trial of {run_dir} reported {search.metric}; see the trials' errors in results.csv")
+    storage = str(Path(base["storage"]))
+    cfg = trial_config(base, best["params"], Path(storage), f"{search.name}-best")
+    atomic_write_text(run_dir / "best.yaml", f"# best trial of search {search.name}: {best['trial']} "
+                      f"({search.metric} = {best['best']:.4f})\n" + _yaml(cfg))
+
+
+def _csv_line(values: list) -> str:
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf).writerow(values)
+    return buf.getvalue()
+
+
+def _yaml(cfg: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.to_dict(cfg), sort_keys=False)
+
+
+def format_results(rows: list[dict], search: SearchConfig) -> str:
+    keys = sorted(search.space)
+    head = ["trial", search.metric, "epochs", "early stop", *keys]
+    body = [[r["trial"], f"{r['best']:.4f}", str(r["epochs"]), "yes" if r["stopped_early"] else
+             ("ERROR" if r["error"] else "no"), *[_short(r["params"][k]) for k in keys]] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([f"tune results (best first, by {search.metric}):", fmt.format(*head),
+                      *[fmt.format(*row) for row in body]])
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,121 @@
+"""Tune: a search runs trials of TorchTrainers, ASHA stops a bad trial on full-bank recall, best.yaml trains as
+is, and a killed search resumes without re-running finished trials."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import QUIET
+from raytt import config
+from raytt.errors import ConfigError
+from raytt.runconfig import TrainConfig
+from raytt.train import train
+from raytt.tune import SearchConfig, load_search, tune
+
+
+def _base(tmp_path, bank, shards, epochs):
+    path = tmp_path / "base.yaml"
+    cfg = config.load(TrainConfig, None, [
+        f"data.bank={bank}", f"data.shards={shards}", f"storage={tmp_path / 'runs'}", "workers=1",
+        "data.batch_size=64", "data.shuffle_buffer=2000", "data.cache=true", "tower.hidden=32",
+        "tower.residual=false", "loss.tau=0.1", "optim.warmup_steps=5", "log_every=20", "val_queries=300",
+        f"optim.epochs={epochs}", "checkpoint_every=100000"])
+    config.dump(cfg, path)
+    return path
+
+
+def _search(tmp_path, base, name, lrs, **over):
+    data = {"name": name, "storage": str(tmp_path / "tune"), "train": str(base), "search": "grid",
+            "num_samples": 1, "max_concurrent_trials": 1,
+            "space": {"optim.lr": {"kind": "grid", "values": lrs}}, **over}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return config.load(SearchConfig, path), path
+
+
+def test_search_stops_a_bad_trial_and_best_yaml_trains(ray_local, synth_bank, synth_shards, tmp_path):
+    search, _ = _search(tmp_path, _base(tmp_path, synth_bank, synth_shards, 3), "asha", [0.005, 10.0],
+                        grace_period=1, reduction_factor=2)
+    rows = tune(search, progress=QUIET)
+    assert len(rows) == 2
+    good, bad = rows
+    assert good["params"] == {"optim.lr": 0.005} and good["epochs"] == 3 and not good["stopped_early"]
+    assert bad["params"] == {"optim.lr": 10.0} and bad["stopped_early"] and bad["epochs"] < 3, \
+        "ASHA must stop lr=10 on full-bank val recall before the last epoch"
+    run_dir = search.run_dir
+    assert (run_dir / "results.csv").read_text().count("\n") == 3
+    best = config.load(TrainConfig, run_dir / "best.yaml")
+    assert best.optim.lr == 0.005 and best.name == "asha-best"
+    summary = train(best, progress=QUIET)
+    assert summary["epochs"] == 3
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(ray_local, synth_bank, synth_shards, tmp_path):
+    search, path = _search(tmp_path, _base(tmp_path, synth_bank, synth_shards, 2), "killed", [0.005, 0.004],
+                           scheduler="fifo")
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "raytt.cli", "tune", "--config", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    trials = search.run_dir / "trials"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and (len(_finished(trials)) < 1 or len(list(trials.glob("*"))) < 2):
+            assert proc.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.5)
+        assert len(list(trials.glob("*"))) == 2, "the second trial never started"
+        time.sleep(3)   # let Tune save its experiment state with the first trial terminated
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = _finished(trials)
+    assert len(finished) == 1
+    rows = tune(load_search(search.run_dir), resume=True, progress=QUIET)
+    assert sorted(r["epochs"] for r in rows) == [2, 2]
+    starts = {t.name: len((t / "starts.log").read_text().splitlines()) for t in trials.glob("*")}
+    assert starts[finished[0]] == 1, f"finished trial {finished[0]} was started again on resume"
+    assert sorted(starts.values()) == [1, 2], "the killed trial, and only it, runs again"
+
+
+def _finished(trials):
+    """Trial ids whose metrics show the last epoch's validation."""
+    done = []
+    for d in trials.glob("*"):
+        rows = (d / "metrics.jsonl").read_text().splitlines() if (d / "metrics.jsonl").exists() else []
+        if any('"epoch": 2' in r and "val/R@10" in r for r in rows):
+            done.append(d.name)
+    return done
+
+
+def test_optuna_search_runs(ray_local, synth_bank, synth_shards, tmp_path):
+    base = _base(tmp_path, synth_bank, synth_shards, 1)
+    search, _ = _search(tmp_path, base, "tpe", [0.01], search="optuna", num_samples=2, scheduler="fifo",
+                        space={"loss.tau": {"kind": "loguniform", "low": 0.05, "high": 0.2},
+                               "tower.query": {"kind": "choice", "values": ["gru", "lstm"]}})
+    rows = tune(search, progress=QUIET)
+    assert len(rows) == 2 and all(r["epochs"] == 1 and 0.05 <= r["params"]["loss.tau"] <= 0.2 for r in rows)
+    assert "optuna" in (search.run_dir / "search.yaml").read_text()
+
+
+def test_search_config_refuses_bad_metrics_and_keys(synth_bank, synth_shards, tmp_path):
+    base = _base(tmp_path, synth_bank, synth_shards, 2)
+    with pytest.raises(ConfigError, match="full-bank validation metric"):
+        _search(tmp_path, base, "m", [0.01], metric="train/loss")
+    with pytest.raises(ConfigError, match="full-bank validation metric"):
+        _search(tmp_path, base, "m", [0.01], metric="val/in_batch_acc")
+    with pytest.raises(ConfigError, match="optuna samples its own points"):
+        _search(tmp_path, base, "m", [0.01], search="optuna")
+    with pytest.raises(ConfigError, match="grid needs every space parameter"):
+        _search(tmp_path, base, "m", [0.01], space={"loss.tau": {"kind": "loguniform", "low": 0.01, "high": 0.1}})
+    from raytt.tune import base_config, check_space
+    search, _ = _search(tmp_path, base, "k", [0.01], space={"optim.lrr": {"kind": "grid", "values": [0.1]}})
+    with pytest.raises(ConfigError, match="space.optim.lrr"):
+        check_space(search, base_config(search))
+    search, _ = _search(tmp_path, base, "s", [0.01],
+                        space={"mining.schedule": {"kind": "grid", "values": ["0:none;1-5:8@0.9-0.8"]}})
+    with pytest.raises(ConfigError, match="space.mining.schedule"):
+        check_space(search, base_config(search))
