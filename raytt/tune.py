@@ -206,7 +206,9 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         config.dump(search, run_dir / SEARCH_FILE)
-    start_ray(base_cfg, extra_cpus=max(1, base_cfg.workers) * base_cfg.threads_per_worker)
+    forced_miners = base_cfg.mining.actors * base_cfg.mining.actor_cpus if mines and not base_cfg.mining.curriculum.mines \
+        else 0
+    start_ray(base_cfg, extra_cpus=max(1, base_cfg.workers) * base_cfg.threads_per_worker + forced_miners)
     bank_ref = ray.put(inputs["bank"])
     pool = start_pool(base_cfg, bank_ref, progress, force=mines)
     resources = ray.cluster_resources()
