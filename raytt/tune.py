@@ -139,11 +139,16 @@ def base_config(search: SearchConfig) -> dict:
 
 def trial_config(base: dict, params: dict, storage: Path, name: str) -> TrainConfig:
     """A trial's full training config: the base, the trial's parameters, its own run directory."""
+    data = {**with_params(base, params), "name": name, "storage": str(storage)}
+    return config.from_dict(TrainConfig, data, f"trial {name} (params {params})")
+
+
+def with_params(base: dict, params: dict) -> dict:
+    """A deep copy of the base config mapping with the dotted `params` set."""
     data = json.loads(json.dumps(base))
     for key, value in params.items():
         set_dotted(data, key, value)
-    data["name"], data["storage"] = name, str(storage)
-    return config.from_dict(TrainConfig, data, f"trial {name} (params {params})")
+    return data
 
 
 def check_space(search: SearchConfig, base: dict) -> None:
@@ -200,7 +205,7 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
     check_space(search, base)
     base_cfg = config.from_dict(TrainConfig, base, search.train)
     mines = base_cfg.mining.curriculum.mines or any(
-        config.from_dict(TrainConfig, _with(base, k, v), "space").mining.curriculum.mines
+        trial_config(base, {k: v}, run_dir, "check").mining.curriculum.mines
         for k, p in search.space.items() if k.startswith("mining.") for v in p.values)
     inputs = prepare(base_cfg, progress, check_run=False)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -240,12 +245,6 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
     progress(f"tune: done in {time.perf_counter() - started:.0f}s; {run_dir / 'results.csv'}, best config "
              f"{run_dir / 'best.yaml'}")
     return rows
-
-
-def _with(base: dict, key: str, value) -> dict:
-    data = json.loads(json.dumps(base))
-    set_dotted(data, key, value)
-    return data
 
 
 def _tune_config(search: SearchConfig, base: TrainConfig, limit: int):

@@ -289,3 +289,19 @@ def test_client_bounds_requests_in_flight_and_falls_back(ray_local):
     assert metrics["mining/fallback_rate"] == 1.0
     assert metrics["mining/fallback_busy"] == 2 and metrics["mining/fallback_timeout"] == 2
     assert client.collect(None, 0) is None and client.epoch_metrics(lambda v: v)["mining/requests"] == 0
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("actors=0", "mining.actors must be >= 1"),
+    ("actor_cpus=0", "mining.actor_cpus > 0"),
+    ("window=-1", "mining.window >= 0"),
+    ("fn_threshold=1.5", "fn_threshold in"),
+    ("max_in_flight=0", "max_in_flight"),
+    ("negatives=-2", "mining.negatives must be >= 0"),
+    ("fault=explode@3", "expected kill@STEP or raise@FIRST-LAST"),
+    ("fault=kill@soon", "expected kill@STEP or raise@FIRST-LAST"),
+    ("index=annoy", "mining.index must be one of"),
+])
+def test_mining_config_refuses_bad_values(override, problem):
+    with pytest.raises(ConfigError, match=_escape(problem)):
+        config.load(TrainConfig, None, [f"mining.{override}"])

@@ -119,3 +119,15 @@ def test_search_config_refuses_bad_metrics_and_keys(synth_bank, synth_shards, tm
                         space={"mining.schedule": {"kind": "grid", "values": ["0:none;1-5:8@0.9-0.8"]}})
     with pytest.raises(ConfigError, match="space.mining.schedule"):
         check_space(search, base_config(search))
+
+
+@pytest.mark.parametrize("param, problem", [
+    ({"kind": "choice"}, "a choice parameter needs values"),
+    ({"kind": "uniform", "low": 0.5, "high": 0.1}, "needs low < high"),
+    ({"kind": "loguniform", "low": 0.0, "high": 0.1}, "needs low > 0"),
+    ({"kind": "normal", "low": 0.0, "high": 0.1}, "must be one of"),
+])
+def test_search_space_refuses_bad_params(synth_bank, synth_shards, tmp_path, param, problem):
+    base = _base(tmp_path, synth_bank, synth_shards, 2)
+    with pytest.raises(ConfigError, match=problem):
+        _search(tmp_path, base, "p", [0.01], search="random", space={"loss.tau": param})
