@@ -15,7 +15,7 @@ import torch
 
 from raytt import config
 from raytt.errors import RayttError
-from raytt.storage import read_json, write_json
+from raytt.storage import download, read_json, upload, write_json
 from raytt.towers import TowerConfig, TwoTower
 
 MODEL, STATE, META = "model.pt", "train_state.pt", "meta.json"
@@ -63,6 +63,18 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[TwoTower, dict]
     model = TwoTower(config.from_dict(TowerConfig, meta["tower"], str(folder / META), "tower"), int(meta["dim"]))
     model.load_state_dict(torch.load(folder / MODEL, weights_only=True, map_location=device))
     return model.to(device).eval(), meta
+
+
+def pull(remote: str | None, run_dir: Path, with_checkpoints: bool = False) -> None:
+    """Refresh a run's local mirror from its storage URI (no-op for path storage)."""
+    if remote:
+        download(remote, run_dir, skip=() if with_checkpoints else (PREFIX,))
+
+
+def push(run_dir: Path, remote: str | None) -> None:
+    """Upload a run's own files (config, metrics, best/, summary, reports) to its storage URI; Ray Train uploads checkpoints."""
+    if remote:
+        upload(run_dir, remote, skip=(PREFIX,))
 
 
 def latest(run_dir: Path) -> Path | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from raytt import commands, config
 from raytt.errors import RayttError
 from raytt.runconfig import TrainConfig
-from raytt.sequences import BuildConfig
+from raytt.sequences import SPLITS, BuildConfig
 from raytt.synth import SynthConfig
 from raytt.tune import SearchConfig
 
@@ -75,6 +76,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=1000, help="rows per split checked against the bank")
 
     p = sub.add_parser("train", help="train a query tower with Ray Train (re-running a name resumes it)")
+    p.add_argument("--eval", metavar="SPLIT", choices=SPLITS,
+                   help="then evaluate the best checkpoint on this split (report in RUN/eval/SPLIT)")
     add_config_flags(p, TrainConfig)
 
     p = sub.add_parser("tune", help="Ray Tune search over training settings, ASHA on full-bank validation recall")
@@ -82,13 +85,14 @@ def parser() -> argparse.ArgumentParser:
     add_config_flags(p, SearchConfig)
 
     p = sub.add_parser("eval", help="full-bank evaluation of a run (or of the baselines alone) with a report")
-    p.add_argument("--run", type=Path, help="run directory (runs/NAME)")
+    p.add_argument("--run", help="run directory (runs/NAME) or its storage URI (s3://bucket/runs/NAME)")
     p.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint directory")
     p.add_argument("--split", default="test", help="train, val or test")
     p.add_argument("--shards", type=Path, help="shards to evaluate (default: the run's)")
     p.add_argument("--bank", type=Path, help="bank to search (default: the one the shards were built from)")
     p.add_argument("--out", type=Path, help="report folder (default: RUN/eval/SPLIT)")
     p.add_argument("--max-queries", type=int, default=0, help="evaluate a fixed random subset (0 = every row)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu or cuda")
 
     p = sub.add_parser("compare", help="one table of several runs' evaluations and the baselines")
     p.add_argument("runs", nargs="+", type=Path, help="run directories or report folders")
@@ -102,7 +106,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    return dispatch(parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed subcommand."""
     if args.command == "synth":
         commands.synth(args.out, config_from_args(SynthConfig, args), report=args.report, overwrite=args.overwrite)
     elif args.command == "build":
@@ -113,11 +121,15 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "inspect":
         commands.inspect(args.path, bank=args.bank, sample=args.sample)
     elif args.command == "train":
-        commands.train(config_from_args(TrainConfig, args))
+        cfg = config_from_args(TrainConfig, args)
+        commands.train(cfg)
+        if args.eval:
+            commands.evaluate(cfg.remote or cfg.run_dir, split=args.eval)
     elif args.command == "tune":
         commands.tune(args.resume or config_from_args(SearchConfig, args))
     elif args.command == "eval":
-        commands.evaluate(args.run, args.shards, args.bank, args.checkpoint, args.split, args.out, args.max_queries)
+        commands.evaluate(args.run, args.shards, args.bank, args.checkpoint, args.split, args.out, args.max_queries,
+                          args.device)
     elif args.command == "compare":
         commands.compare(args.runs, args.view)
     elif args.command == "demo":
@@ -129,6 +141,28 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: RayttError becomes one clear line on stderr and exit status 2."""
     try:
         sys.exit(run(argv))
+    except RayttError as exc:
+        print(f"raytt: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def job(command: str, argv: list[str]) -> None:
+    """Entry point of `jobs/*.py`: check the flags, join the running cluster (never start a private one), run."""
+    import ray
+
+    args = parser().parse_args([command, *argv])
+    address = os.environ.get("RAY_ADDRESS", "auto")
+    try:
+        ray.init(address=address, logging_config=ray.LoggingConfig(log_level="WARNING"))
+    except ConnectionError as exc:
+        print(f"raytt: error: no Ray cluster at {address!r} ({exc}); submit this with `ray job submit`, or start a "
+              f"cluster with `ray start --head`", file=sys.stderr)
+        sys.exit(2)
+    resources = ray.cluster_resources()
+    print(f"raytt: joined the Ray cluster at {address}: {len(ray.nodes())} node(s), {resources.get('CPU', 0):.0f} CPU, "
+          f"{resources.get('GPU', 0):.0f} GPU", flush=True)
+    try:
+        sys.exit(dispatch(args))
     except RayttError as exc:
         print(f"raytt: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -12,6 +12,7 @@ from raytt.bank import BankManifest, load_bank, read_manifest, scan_bank
 from raytt.errors import RayttError, ShardError
 from raytt.sequences import (SPLITS, BuildConfig, ShardSet, bank_of, build_shards, check_provenance, import_npz,
                              is_shards, open_shards)
+from raytt.storage import is_uri, mirror_of
 from raytt.synth import SynthConfig, generate, heuristic_report
 
 Progress = Callable[[str], None]
@@ -184,10 +185,13 @@ def bar(rows: dict[str, dict[str, float]]) -> str:
 
 def evaluate(run: str | Path | None = None, shards: str | Path | None = None, bank: str | Path | None = None,
              checkpoint: str = "best", split: str = "test", out: str | Path | None = None, max_queries: int = 0,
-             progress: Progress = print) -> dict:
-    """Full-bank evaluation of a run's checkpoint (or, with no run, of the baselines alone); writes the report."""
+             device: str | None = None, progress: Progress = print) -> dict:
+    """Full-bank evaluation of a run's checkpoint (or, with no run, of the baselines alone); writes the report.
+
+    `run` may be a storage URI (`s3://bucket/runs/NAME`): it is mirrored locally and the report uploaded beside it.
+    """
     from raytt import report
-    from raytt.checkpoints import resolve
+    from raytt.checkpoints import pull, push, resolve
     from raytt.config import load
     from raytt.evaluate import Model
     from raytt.evaluate import evaluate as run_eval
@@ -195,9 +199,11 @@ def evaluate(run: str | Path | None = None, shards: str | Path | None = None, ba
 
     if split not in SPLITS:
         raise RayttError(f"eval: --split must be one of {SPLITS}, got {split!r}")
-    model, metrics_jsonl = None, None
+    model, metrics_jsonl, remote = None, None, None
     if run is not None:
-        run = Path(run)
+        remote = str(run) if is_uri(run) else None
+        run = mirror_of(remote) if remote else Path(run)
+        pull(remote, run, with_checkpoints=checkpoint != "best")
         if not (run / "config.yaml").is_file():
             raise RayttError(f"{run}: not a run directory (no config.yaml); train one with `raytt train`")
         cfg = load(TrainConfig, run / "config.yaml")
@@ -207,11 +213,12 @@ def evaluate(run: str | Path | None = None, shards: str | Path | None = None, ba
         metrics_jsonl = run / "metrics.jsonl"
     elif shards is None or out is None:
         raise RayttError("eval: give --run RUN, or --shards DIR --out DIR for the baselines alone")
-    result = run_eval(shards, split, model, bank, max_queries, progress=progress)
+    result = run_eval(shards, split, model, bank, max_queries, device=device, progress=progress)
     text = report.console(result)
     report.write(result, out, metrics_jsonl)
     progress(text)
-    progress(f"eval: wrote {Path(out) / 'report.md'} and plots")
+    push(run, remote)
+    progress(f"eval: wrote {Path(out) / 'report.md'} and plots" + (f", uploaded to {remote}" if remote else ""))
     return result
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from raytt.bank import Bank, load_bank
 from raytt.errors import RayttError
 from raytt.heuristics import EXP_ALPHAS, baselines, gather_context
-from raytt.retrieval import Scan, mrr_at, ndcg_at, recall_at, scan
+from raytt.retrieval import Scan, default_device, mrr_at, ndcg_at, recall_at, scan
 from raytt.sequences import ShardSet, bank_of, open_shards
 
 KS = (1, 5, 10, 50, 100, 500, 1000)
@@ -188,18 +188,20 @@ def evaluate(shards_path: str | Path, split: str = "test", model: Model | None =
     """The full evaluation of one split: oracle check, model and baselines in both views, diagnostics."""
     from raytt.towers import index_vectors, query_vectors
 
+    device = default_device(device)
     shards = open_shards(shards_path)
     bank = load_bank(bank_path or bank_of(shards))
     queries = load_queries(shards, split, max_queries)
-    progress(f"eval: {len(queries):,} {split} queries against the full bank of {bank.num_vectors:,} x {bank.dim}")
+    progress(f"eval: {len(queries):,} {split} queries against the full bank of {bank.num_vectors:,} x {bank.dim} "
+             f"on {device}")
     check = oracle_check(shards, queries, bank, progress)
     methods = {}
     index = bank.vectors
     if model is not None:
         from raytt.checkpoints import load_model
-        net, _ = load_model(model.checkpoint)
-        index = index_vectors(net, bank.vectors)
-        methods["model"] = query_vectors(net, bank.vectors, queries.context, queries.lengths)
+        net, _ = load_model(model.checkpoint, device)
+        index = index_vectors(net, bank.vectors, device=device)
+        methods["model"] = query_vectors(net, bank.vectors, queries.context, queries.lengths, device=device)
     methods.update(baseline_queries(bank, queries))
     ranked = rank_methods(methods, queries, index, bank.article_codes, device, progress)
     batch = model.batch_size if model else 256
@@ -226,7 +228,8 @@ def _val_gap(shards: ShardSet, bank: Bank, net, index: np.ndarray, report: dict,
     from raytt.towers import query_vectors
 
     val = load_queries(shards, "val", max_queries)
-    ranks = scan(query_vectors(net, bank.vectors, val.context, val.lengths), val.target, index, device=device).ranks
+    ranks = scan(query_vectors(net, bank.vectors, val.context, val.lengths, device=device), val.target, index,
+                 device=device).ranks
     here = report["views"]["all"]["model"]["R@10"]
     return {"val_R@10": recall_at(ranks, 10), f"{report['split']}_R@10": here, "gap": recall_at(ranks, 10) - here}
 

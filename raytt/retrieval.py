@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from raytt.errors import RayttError
+
 TIE_EPS = 1e-5
 
 
@@ -25,8 +27,15 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def default_device(choice: str | None = None) -> str:
+    """`None`/`auto` -> CUDA when torch sees a GPU, else CPU; asking for `cuda` without one is an error."""
+    if choice in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice not in ("cpu", "cuda"):
+        raise RayttError(f"device must be auto, cpu or cuda, got {choice!r}")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RayttError("device 'cuda' asked for, but torch sees no GPU here (use auto or cpu)")
+    return choice
 
 
 @dataclass
@@ -52,7 +61,7 @@ def scan(queries: np.ndarray, truth: np.ndarray, index: np.ndarray, context: np.
     chunks. Blocks are small enough that the max and count passes run on cache-hot scores, and rows
 whose block maximum is below their truth skip the count (no candidate there can rank ahead).
     """
-    device = device or default_device()
+    device = default_device(device)
     q_all = as_tensor(np.ascontiguousarray(queries, dtype=np.float32))
     idx = as_tensor(index)
     idx_dev = idx.to(device) if device != "cpu" else idx

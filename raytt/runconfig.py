@@ -11,7 +11,11 @@ from pathlib import Path
 
 from raytt.losses import LossConfig
 from raytt.mining import MiningConfig
+from raytt.storage import locate
 from raytt.towers import TowerConfig
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 def _help(text: str) -> dict:
@@ -52,9 +56,12 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     name: str = field(default="demo", metadata=_help("run name: the same name resumes the run"))
-    storage: str = field(default="runs", metadata=_help("directory holding run directories (shared on a cluster)"))
+    storage: str = field(default="runs", metadata=_help(
+        "where run directories go: a path (shared by every node on a cluster) or a URI such as s3://bucket/runs"))
     workers: int = field(default=2, metadata=_help("Ray Train workers; 0 runs the same loop in this process"))
     use_gpu: bool = field(default=False, metadata=_help("one GPU per worker, NCCL instead of gloo"))
+    precision: str = field(default="fp32", metadata=_help(
+        "fp32, or bf16: the towers' forward under bf16 autocast (CUDA, or CPU where torch supports it); losses in fp32"))
     threads_per_worker: int = field(default=1, metadata=_help("CPUs (torch threads) per worker"))
     seed: int = field(default=0, metadata=_help("seed for weights and data order"))
     checkpoint_every: int = field(default=200, metadata=_help("steps between checkpoints (also at each epoch end)"))
@@ -77,7 +84,16 @@ class TrainConfig:
             raise ValueError("workers must be >= 0 and threads_per_worker >= 1")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.max_failures < 0 or self.log_every < 1:
             raise ValueError("checkpoint_every, keep_checkpoints, log_every must be >= 1; max_failures >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.remote and self.workers == 0:
+            raise ValueError(f"storage {self.storage!r} is a URI: local debugging runs (workers: 0) write to a path")
+
+    @property
+    def remote(self) -> str | None:
+        """The run's URI when `storage` is one: Ray Train writes checkpoints there, `run_dir` mirrors the rest."""
+        return locate(self.storage, self.name)[1]
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.storage) / self.name
+        return locate(self.storage, self.name)[0]

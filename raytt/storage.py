@@ -1,14 +1,20 @@
-"""Atomic output: everything is written under a temporary sibling and renamed into place at the end.
+"""Atomic output, and run directories on cloud storage.
 
-A crash, a gate that fails half-way or Ctrl-C never leaves a partial bank or shard set at the
-destination; a rename within one filesystem is atomic.
+Everything is written under a temporary sibling and renamed into place at the end: a crash, a gate
+that fails half-way or Ctrl-C never leaves a partial bank or shard set at the destination.
+
+A run's `storage` may also be a URI (`s3://`, `gs://`, `abfs://`, `file://`: any pyarrow filesystem).
+Then Ray Train writes the checkpoints there itself, and raytt's own small files (config, metrics,
+`best/`, summary, reports) live in a local mirror that is downloaded before and uploaded after use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -70,3 +76,74 @@ def read_json(path: str | Path, kind: str, error: type[RayttError] = RayttError)
     if not isinstance(data, dict):
         raise error(f"{path}: {kind} manifest must be a JSON object")
     return data
+
+
+def is_uri(location: str | Path) -> bool:
+    """True for `scheme://...` storage locations (read and written through pyarrow filesystems)."""
+    return "://" in str(location)
+
+
+def locate(storage: str, name: str) -> tuple[Path, str | None]:
+    """A run's (local directory, URI or None): a URI storage's runs live in a local mirror of `storage/name`."""
+    if is_uri(storage):
+        remote = f"{storage.rstrip('/')}/{name}"
+        return mirror_of(remote), remote
+    return Path(storage) / name, None
+
+
+def mirror_of(uri: str) -> Path:
+    """The local directory that mirrors a storage URI on this node."""
+    digest = hashlib.sha1(uri.encode()).hexdigest()[:12]
+    tail = re.sub(r"[^A-Za-z0-9_.-]+", "_", uri.split("://", 1)[1].strip("/"))[-40:]
+    return Path(tempfile.gettempdir()) / "raytt-mirror" / f"{tail}-{digest}"
+
+
+def _filesystem(uri: str):
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except Exception as exc:
+        raise RayttError(f"storage {uri}: not a filesystem pyarrow can open ({exc})") from exc
+
+
+def check_uri(uri: str) -> None:
+    """Refuse a storage URI pyarrow cannot open, before any work starts."""
+    _filesystem(uri)
+
+
+def download(uri: str, local: Path, skip: tuple[str, ...] = ()) -> int:
+    """Copy the files under `uri` into `local` (top-level names starting with `skip` left out); returns the count."""
+    import pyarrow.fs
+
+    fs, root = _filesystem(uri)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True, recursive=True))
+    count = 0
+    for info in infos:
+        rel = info.path[len(root):].lstrip("/")
+        if info.type != pyarrow.fs.FileType.File or rel.split("/")[0].startswith(skip):
+            continue
+        dest = Path(local) / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
+        with os.fdopen(fd, "wb") as out, fs.open_input_stream(info.path) as src:
+            shutil.copyfileobj(src, out)
+        os.replace(tmp, dest)
+        count += 1
+    return count
+
+
+def upload(local: Path, uri: str, skip: tuple[str, ...] = ()) -> int:
+    """Copy the files under `local` to `uri`, leaving out dotfiles (temporaries, markers) and `skip` prefixes."""
+    fs, root = _filesystem(uri)
+    count = 0
+    for path in sorted(Path(local).rglob("*")):
+        rel = path.relative_to(local)
+        if not path.is_file() or any(part.startswith(".") for part in rel.parts) or rel.parts[0].startswith(skip):
+            continue
+        dest = f"{root.rstrip('/')}/{rel.as_posix()}"
+        fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+        with open(path, "rb") as src, fs.open_output_stream(dest) as out:
+            shutil.copyfileobj(src, out)
+        count += 1
+    return count

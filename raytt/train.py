@@ -35,7 +35,7 @@ from raytt.mining.pool import MinerPool
 from raytt.retrieval import as_tensor, mrr_at, recall_at, scan
 from raytt.runconfig import TrainConfig
 from raytt.sequences import check_provenance, open_shards
-from raytt.storage import atomic_dir, write_json
+from raytt.storage import atomic_dir, check_uri, write_json
 from raytt.towers import TwoTower, describe, gather, index_vectors, query_vectors
 
 Progress = Callable[[str], None]
@@ -77,6 +77,9 @@ class Worker:
         self.data = ray.train.get_dataset_shard("train")
         self.pool = loop["pool"]
         self.miner = MiningClient(self.pool, cfg.mining, self.rank, config.to_dict(cfg.tower)) if self.pool else None
+        if self.rank == 0:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoints.pull(cfg.remote, cfg.run_dir)
         self._restore(ray.train.get_checkpoint(), loop["resume"])
 
     def _restore(self, reported, resume: str | None) -> None:
@@ -150,7 +153,10 @@ class Worker:
         self.net.train(train)
         with torch.set_grad_enabled(train):
             mined = gather(self.bank, mined_keys) if mined_keys is not None else None
-            queries, positives, mined = self.net(gather(self.bank, keys), lengths, self.bank[target], mined)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+                queries, positives, mined = self.net(gather(self.bank, keys), lengths, self.bank[target], mined)
+            queries, positives = queries.float(), positives.float()
+            mined = mined.float() if mined is not None else None
             candidates, cand_keys, offset = self._gather(positives, target)
             batch = Batch(queries, positives, target, candidates, cand_keys, offset, mined, mined_keys)
             loss = objective(self.cfg.loss, batch)
@@ -225,6 +231,7 @@ class Worker:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoints.save(Path(tmp), self.model, self.state(), meta)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+        checkpoints.push(self.cfg.run_dir, self.cfg.remote)
 
     def keep_best(self, metrics: dict) -> None:
         value = metrics.get(self.cfg.best_metric)
@@ -362,7 +369,8 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Resolve relative paths against the driver's working directory: workers run elsewhere."""
     data = dataclasses.replace(cfg.data, bank=str(Path(cfg.data.bank).resolve()),
                                shards=str(Path(cfg.data.shards).resolve()))
-    return dataclasses.replace(cfg, storage=str(Path(cfg.storage).resolve()), data=data)
+    storage = cfg.storage if cfg.remote else str(Path(cfg.storage).resolve())
+    return dataclasses.replace(cfg, storage=storage, data=data)
 
 
 def prepare(cfg: TrainConfig, progress: Progress = print, check_run: bool = True) -> dict:
@@ -428,6 +436,7 @@ def make_trainer(cfg: TrainConfig, inputs: dict, bank_ref, pool: MinerPool | Non
 
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     config.dump(cfg, cfg.run_dir / "config.yaml")
+    checkpoints.push(cfg.run_dir, cfg.remote)
     resume = checkpoints.latest(cfg.run_dir)
     dataset = ray.data.read_parquet(inputs["files"]).select_columns(COLUMNS)
     if cfg.data.cache:
@@ -440,7 +449,8 @@ def make_trainer(cfg: TrainConfig, inputs: dict, bank_ref, pool: MinerPool | Non
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.threads_per_worker}),
-        run_config=RunConfig(name=cfg.name, storage_path=str(cfg.run_dir.parent), callbacks=list(callbacks),
+        run_config=RunConfig(name=cfg.name, storage_path=cfg.storage if cfg.remote else str(cfg.run_dir.parent),
+                             callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)))
 
@@ -450,11 +460,17 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
     import ray
 
     cfg = absolute_paths(cfg)
+    if cfg.remote:
+        check_uri(cfg.remote)
+        checkpoints.pull(cfg.remote, cfg.run_dir)
+        progress(f"train: run directory {cfg.remote} (checkpoints written there by Ray Train; local mirror {cfg.run_dir})")
     inputs = prepare(cfg, progress)
     start_ray(cfg)
     resume = checkpoints.latest(cfg.run_dir)
     if resume:
         progress(f"train: run {cfg.name!r} exists; resuming from {resume.name}")
+    elif cfg.remote and (cfg.run_dir / "config.yaml").is_file():
+        progress(f"train: run {cfg.name!r} exists; Ray Train resumes it from its latest checkpoint in {cfg.remote}")
     bank_ref = ray.put(inputs["bank"])
     pool = start_pool(cfg, bank_ref, progress)
     started = time.perf_counter()
@@ -465,11 +481,13 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
             pool.shutdown()
     if result.error:
         raise RayttError(f"train: run {cfg.name!r} failed: {result.error}")
+    checkpoints.pull(cfg.remote, cfg.run_dir)
     summary = _summary(cfg, time.perf_counter() - started)
     write_json(cfg.run_dir / "summary.json", summary)
+    checkpoints.push(cfg.run_dir, cfg.remote)
     best = summary["best"]
     progress(f"train: done in {summary['seconds']:.0f}s, {summary['steps']} steps; best {cfg.best_metric} = "
-             f"{best['value']:.4f} at step {best['step']} ({cfg.run_dir / 'best'})")
+             f"{best['value']:.4f} at step {best['step']} ({cfg.remote or cfg.run_dir}/best)")
     return summary
 
 

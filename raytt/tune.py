@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from raytt import config
+from raytt import checkpoints, config
 from raytt.errors import ConfigError, RayttError
 from raytt.runconfig import TrainConfig
+from raytt.storage import check_uri, download, is_uri, locate
 
 SEARCH_FILE = "search.yaml"
 TRIAL_DRIVER_CPU = 0.01   # a trial's own actor only waits on its TorchTrainer; the workers hold the CPUs
@@ -74,7 +75,8 @@ class Param:
 @dataclass
 class SearchConfig:
     name: str = field(default="tune", metadata=_help("search name: its directory under storage; --resume continues it"))
-    storage: str = field(default="runs/tune", metadata=_help("directory holding searches"))
+    storage: str = field(default="runs/tune", metadata=_help(
+        "where searches go: a path (shared by every node on a cluster) or a URI such as s3://bucket/tune"))
     train: str = field(default="configs/demo.yaml", metadata=_help("the base training config every trial starts from"))
     overrides: tuple[str, ...] = field(default=(), metadata=_help("overrides of the base config, KEY=VALUE"))
     search: Literal["random", "grid", "optuna"] = field(default="random", metadata=_help(
@@ -105,18 +107,29 @@ class SearchConfig:
             raise ValueError("search: optuna samples its own points; use choice instead of grid parameters")
 
     @property
+    def remote(self) -> str | None:
+        """The search's URI when `storage` is one (Tune and the trials write there; `run_dir` mirrors it)."""
+        return locate(self.storage, self.name)[1]
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.storage) / self.name
+        return locate(self.storage, self.name)[0]
 
 
 def load_search(run_dir: str | Path) -> SearchConfig:
-    """The config a search was started with, pointed at the directory it lives in (to resume it)."""
-    run_dir = Path(run_dir)
-    path = run_dir / SEARCH_FILE
+    """The config a search was started with, pointed at the directory (or URI) it lives in (to resume it)."""
+    where = str(run_dir).rstrip("/")
+    if is_uri(where):
+        storage, name = where.rsplit("/", 1)
+        local = locate(storage, name)[0]
+        download(where, local, skip=("trials",))
+    else:
+        local = Path(where).resolve()
+        storage, name = str(local.parent), local.name
+    path = local / SEARCH_FILE
     if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a search directory (no {SEARCH_FILE}); start it with --config")
-    search = config.load(SearchConfig, path)
-    return dataclasses.replace(search, storage=str(run_dir.resolve().parent), name=run_dir.resolve().name)
+        raise ConfigError(f"{where}: not a search directory (no {SEARCH_FILE}); start it with --config")
+    return dataclasses.replace(config.load(SearchConfig, path), storage=storage, name=name)
 
 
 def set_dotted(data: dict, key: str, value) -> None:
@@ -137,7 +150,7 @@ def base_config(search: SearchConfig) -> dict:
     return config.to_dict(absolute_paths(config.load(TrainConfig, search.train, list(search.overrides))))
 
 
-def trial_config(base: dict, params: dict, storage: Path, name: str) -> TrainConfig:
+def trial_config(base: dict, params: dict, storage: str | Path, name: str) -> TrainConfig:
     """A trial's full training config: the base, the trial's parameters, its own run directory."""
     data = {**with_params(base, params), "name": name, "storage": str(storage)}
     return config.from_dict(TrainConfig, data, f"trial {name} (params {params})")
@@ -180,10 +193,12 @@ def run_trial(params: dict, shared: dict) -> None:
     from raytt.train import make_trainer
 
     name = ray.tune.get_context().get_trial_id()
-    cfg = trial_config(shared["base"], params, Path(shared["trials"]), name)
+    cfg = trial_config(shared["base"], params, shared["trials"], name)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints.pull(cfg.remote, cfg.run_dir)
     with open(cfg.run_dir / "starts.log", "a") as log:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} params={json.dumps(params, sort_keys=True)}\n")
+    checkpoints.push(cfg.run_dir, cfg.remote)
     trainer = make_trainer(cfg, shared["inputs"], shared["bank"], shared["pool"], callbacks=[TuneReportCallback()],
                            tune=True)
     result = trainer.fit()
@@ -200,17 +215,21 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
 
     if not resume:
         search = dataclasses.replace(search, train=str(Path(search.train).resolve()))
-    run_dir = Path(search.run_dir).resolve()
+    run_dir = search.run_dir if search.remote else search.run_dir.resolve()
+    trials = f"{search.remote}/trials" if search.remote else str(run_dir / "trials")
+    if search.remote:
+        check_uri(search.remote)
     base = base_config(search)
     check_space(search, base)
     base_cfg = config.from_dict(TrainConfig, base, search.train)
     mines = base_cfg.mining.curriculum.mines or any(
-        trial_config(base, {k: v}, run_dir, "check").mining.curriculum.mines
+        trial_config(base, {k: v}, trials, "check").mining.curriculum.mines
         for k, p in search.space.items() if k.startswith("mining.") for v in p.values)
     inputs = prepare(base_cfg, progress, check_run=False)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         config.dump(search, run_dir / SEARCH_FILE)
+        checkpoints.push(run_dir, search.remote)
     forced_miners = base_cfg.mining.actors * base_cfg.mining.actor_cpus if mines and not base_cfg.mining.curriculum.mines \
         else 0
     start_ray(base_cfg, extra_cpus=max(1, base_cfg.workers) * base_cfg.threads_per_worker + forced_miners)
@@ -219,21 +238,24 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
     resources = ray.cluster_resources()
     miner_cpus = base_cfg.mining.actors * base_cfg.mining.actor_cpus if pool else 0
     limit = concurrency(search, base_cfg, resources.get("CPU", 1), resources.get("GPU", 0), miner_cpus)
-    shared = {"base": base, "inputs": inputs, "bank": bank_ref, "pool": pool, "trials": str(run_dir / "trials")}
+    shared = {"base": base, "inputs": inputs, "bank": bank_ref, "pool": pool, "trials": trials}
     trainable = rt.with_resources(rt.with_parameters(run_trial, shared=shared), {"cpu": TRIAL_DRIVER_CPU})
     progress(f"tune: {search.search} search over {sorted(search.space)}, {search.num_samples} sample(s), metric "
              f"{search.metric}, scheduler {search.scheduler}; up to {limit} trial(s) at once")
     started = time.perf_counter()
     try:
         if resume:
-            if not rt.Tuner.can_restore(str(run_dir)):
-                raise RayttError(f"{run_dir}: no Tune experiment state to resume")
-            tuner = rt.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            where = search.remote or str(run_dir)
+            if not rt.Tuner.can_restore(where):
+                raise RayttError(f"{where}: no Tune experiment state to resume")
+            tuner = rt.Tuner.restore(where, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
             tuner = rt.Tuner(trainable, param_space={k: p.to_tune(search.search == "grid")
                                                      for k, p in search.space.items()},
                              tune_config=_tune_config(search, base_cfg, limit),
-                             run_config=ray.tune.RunConfig(name=search.name, storage_path=str(run_dir.parent),
+                             run_config=ray.tune.RunConfig(name=search.name,
+                                                           storage_path=search.storage if search.remote
+                                                           else str(run_dir.parent),
                                                            verbose=0))
         grid = tuner.fit()
     finally:
@@ -241,9 +263,10 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
             pool.shutdown()
     rows = results_table(grid, search, base_cfg)
     write_results(rows, search, base, run_dir)
+    checkpoints.push(run_dir, search.remote)
+    where = search.remote or str(run_dir)
     progress(format_results(rows, search))
-    progress(f"tune: done in {time.perf_counter() - started:.0f}s; {run_dir / 'results.csv'}, best config "
-             f"{run_dir / 'best.yaml'}")
+    progress(f"tune: done in {time.perf_counter() - started:.0f}s; {where}/results.csv, best config {where}/best.yaml")
     return rows
 
 
@@ -299,8 +322,7 @@ def write_results(rows: list[dict], search: SearchConfig, base: dict, run_dir: P
     best = next((r for r in rows if not math.isnan(r["best"])), None)
     if best is None:
         raise RayttError(f"tune: no trial of {run_dir} reported {search.metric}; see the trials' errors in results.csv")
-    storage = str(Path(base["storage"]))
-    cfg = trial_config(base, best["params"], Path(storage), f"{search.name}-best")
+    cfg = trial_config(base, best["params"], base["storage"], f"{search.name}-best")
     atomic_write_text(run_dir / "best.yaml", f"# best trial of search {search.name}: {best['trial']} "
                       f"({search.metric} = {best['best']:.4f})\n" + _yaml(cfg))
 

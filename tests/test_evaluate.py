@@ -112,3 +112,18 @@ def test_scan_on_gpu_matches_cpu():
     # GEMM order differs between devices: allow a rare off-by-a-tie rank, nothing more
     assert np.mean(cpu.ranks == gpu.ranks) > 0.99 and np.abs(cpu.ranks - gpu.ranks).max() <= 2
     assert np.mean(cpu.ranks_excl == gpu.ranks_excl) > 0.99
+
+
+def test_device_choice_falls_back_to_cpu_and_refuses_a_missing_gpu():
+    import torch
+
+    from raytt.errors import RayttError
+    from raytt.retrieval import default_device
+
+    assert default_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu") == default_device(None)
+    assert default_device("cpu") == "cpu"
+    with pytest.raises(RayttError, match="device must be"):
+        default_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RayttError, match="no GPU"):
+            default_device("cuda")

@@ -42,6 +42,20 @@ def test_index_finds_the_brute_force_neighbours(kind, exact):
     assert np.all(np.diff(scores, axis=1) <= 1e-6), "best first"
 
 
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_index_device_auto_falls_back_to_cpu(kind):
+    """The CPU fallback of the miners' GPU branch: `device: auto` without CUDA builds a CPU index; `cuda` is refused."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: test_gpu_index_finds_the_same_neighbours covers this machine")
+    vectors = unit_rows(np.random.default_rng(0), 500, 16)
+    index = Index(vectors, IndexSpec(kind, "auto", nlist=4, nprobe=4))
+    assert index.device == "cpu" and "cuda" not in index.engine and "gpu" not in index.engine.split()[0]
+    with pytest.raises(RuntimeError, match="mining.device is 'cuda'"):
+        Index(vectors, IndexSpec(kind, "cuda", nlist=4, nprobe=4))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_gpu_index_finds_the_same_neighbours(kind):

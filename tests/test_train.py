@@ -1,13 +1,14 @@
 """Training: a tiny run converges, re-running resumes, two workers gather candidates and survive a failure."""
 
 import json
+import math
 
 import pytest
 
 from conftest import QUIET
 from raytt import config
 from raytt.commands import evaluate
-from raytt.errors import ConfigError
+from raytt.errors import ConfigError, RayttError
 from raytt.runconfig import TrainConfig
 from raytt.train import train
 
@@ -81,3 +82,52 @@ def test_train_config_round_trip_and_strictness(tmp_path):
         config.load(TrainConfig, None, ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="tower.query"):
         config.load(TrainConfig, None, ["tower.query=cnn"])
+
+
+def test_storage_uri_holds_the_run_and_resumes_it(ray_local, synth_bank, synth_shards, tmp_path):
+    """A pyarrow-filesystem URI as storage: Ray Train writes checkpoints there, raytt uploads its own files."""
+    store = tmp_path / "bucket"
+    uri = f"file://{store}"
+    first = train(_cfg(synth_bank, synth_shards, uri, name="remote", workers=1, **{"optim.epochs": 1}), progress=QUIET)
+    second = train(_cfg(synth_bank, synth_shards, uri, name="remote", workers=1, **{"optim.epochs": 2}), progress=QUIET)
+    run = store / "remote"
+    assert second["steps"] == 2 * first["steps"], "the second run resumes from the checkpoint in the URI"
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "best"} <= {p.name for p in run.iterdir()}
+    assert len([p for p in run.glob("checkpoint_*") if p.is_dir()]) == 2
+    steps = [r["step"] for r in _rows(run)]
+    assert steps == sorted(steps) and max(steps) == second["steps"]
+    evaluate(run=f"{uri}/remote", split="val", max_queries=200, progress=QUIET)
+    assert (run / "eval" / "val" / "report.json").is_file(), "the report is uploaded beside the run"
+
+
+def test_storage_uri_refusals(tmp_path):
+    with pytest.raises(ConfigError, match="workers: 0"):
+        config.load(TrainConfig, None, ["storage=s3://bucket/runs", "workers=0"])
+    with pytest.raises(RayttError, match="bogus://"):
+        train(_cfg(tmp_path, tmp_path, "bogus://nowhere/runs", name="x", workers=1), progress=QUIET)
+
+
+def test_bf16_autocast_trains_on_cpu(ray_local, synth_bank, synth_shards, tmp_path):
+    """The CUDA path's bf16 option through its CPU fallback (torch's CPU autocast): losses stay finite and fall."""
+    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="bf16", workers=0, precision="bf16", **{"optim.epochs": 3})
+    train(cfg, progress=QUIET)
+    rows = _rows(cfg.run_dir)
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    recall = [r["val/R@10"] for r in rows if "val/R@10" in r]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    assert recall[-1] > recall[0]
+    with pytest.raises(ConfigError, match="precision"):
+        config.load(TrainConfig, None, ["precision=fp16"])
+
+
+@pytest.mark.gpu
+def test_gpu_workers_train_with_nccl_and_bf16(ray_local, synth_bank, synth_shards, tmp_path):
+    """GPU twin of the bf16 test: CUDA workers, NCCL, bf16 autocast, GPU validation."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device; test_bf16_autocast_trains_on_cpu is the CPU twin")
+    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="gpu", workers=1, use_gpu="true", precision="bf16",
+               **{"optim.epochs": 2})
+    summary = train(cfg, progress=QUIET)
+    assert summary["epochs"] == 2 and summary["best"]["value"] > 0

@@ -91,14 +91,24 @@ def _finished(trials):
     return done
 
 
-def test_optuna_search_runs(ray_local, synth_bank, synth_shards, tmp_path):
+def test_optuna_search_runs_on_uri_storage(ray_local, synth_bank, synth_shards, tmp_path):
+    """Optuna's TPE, with the search (Tune state, trials, results) on a pyarrow-filesystem URI."""
     base = _base(tmp_path, synth_bank, synth_shards, 1)
+    store = tmp_path / "bucket"
     search, _ = _search(tmp_path, base, "tpe", [0.01], search="optuna", num_samples=2, scheduler="fifo",
+                        storage=f"file://{store}",
                         space={"loss.tau": {"kind": "loguniform", "low": 0.05, "high": 0.2},
                                "tower.query": {"kind": "choice", "values": ["gru", "lstm"]}})
     rows = tune(search, progress=QUIET)
     assert len(rows) == 2 and all(r["epochs"] == 1 and 0.05 <= r["params"]["loss.tau"] <= 0.2 for r in rows)
-    assert "optuna" in (search.run_dir / "search.yaml").read_text()
+    remote = store / "tpe"
+    assert "optuna" in (remote / "search.yaml").read_text()
+    assert (remote / "results.csv").is_file() and (remote / "best.yaml").is_file()
+    for row in rows:
+        trial = remote / "trials" / row["trial"]
+        assert (trial / "metrics.jsonl").is_file() and (trial / "starts.log").is_file()
+        assert [p for p in trial.glob("checkpoint_0*") if p.is_dir()], "Ray Train wrote the trial's checkpoints"
+    assert load_search(f"file://{store}/tpe").remote == f"file://{store}/tpe"
 
 
 def test_search_config_refuses_bad_metrics_and_keys(synth_bank, synth_shards, tmp_path):
