@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[cpu,test]'
+	$(BIN)/pip install -q -e '.[cpu,test,ingest]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/mining.py
 	$(BIN)/python bench/mining_quality.py
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -14,6 +14,7 @@ import typing
 from pathlib import Path
 
 from raytt import commands, config
+from raytt.corpus import IngestConfig
 from raytt.errors import RayttError
 from raytt.runconfig import TrainConfig
 from raytt.sequences import SPLITS, BuildConfig
@@ -75,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bank", type=Path, help="bank for shards (default: the path in their manifest)")
     p.add_argument("--sample", type=int, default=1000, help="rows per split checked against the bank")
 
+    p = sub.add_parser("ingest", help="a folder of documents -> chunks -> vectors (a bank), with Ray Data")
+    p.add_argument("--input", type=Path, required=True, help="folder of .txt/.md/.rst/.html files (recursive)")
+    p.add_argument("--out", type=Path, required=True, help="bank directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bank (and any unfinished ingest)")
+    add_config_flags(p, IngestConfig)
+
     p = sub.add_parser("train", help="train a query tower with Ray Train (re-running a name resumes it)")
     p.add_argument("--eval", metavar="SPLIT", choices=SPLITS,
                    help="then evaluate the best checkpoint on this split (report in RUN/eval/SPLIT)")
@@ -120,6 +127,8 @@ def dispatch(args: argparse.Namespace) -> int:
                                 overwrite=args.overwrite)
     elif args.command == "inspect":
         commands.inspect(args.path, bank=args.bank, sample=args.sample)
+    elif args.command == "ingest":
+        commands.ingest(args.input, args.out, config_from_args(IngestConfig, args), overwrite=args.overwrite)
     elif args.command == "train":
         cfg = config_from_args(TrainConfig, args)
         commands.train(cfg)

@@ -29,6 +29,14 @@ def synth(out: str | Path, cfg: SynthConfig = SynthConfig(), report: bool = Fals
     return manifest
 
 
+def ingest(input_dir: str | Path, out: str | Path, cfg=None, overwrite: bool = False, progress: Progress = print):
+    """Documents -> chunks -> vectors as a bank, with Ray Data and encoder actors; see `raytt.corpus.ingest`."""
+    from raytt.corpus import IngestConfig
+    from raytt.corpus.ingest import ingest as run_ingest
+
+    return run_ingest(input_dir, out, cfg or IngestConfig(), overwrite=overwrite, progress=progress)
+
+
 def build(bank: str | Path, out: str | Path, cfg: BuildConfig = BuildConfig(), overwrite: bool = False,
           progress: Progress = print) -> ShardSet:
     """Build sequence shards from a bank (the bank is verified while it streams: sha256, norms, keys)."""

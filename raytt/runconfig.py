@@ -47,10 +47,14 @@ class OptimConfig:
     max_steps: int = field(default=0, metadata=_help("stop after this many steps (0 = the epochs decide)"))
     warmup_steps: int = field(default=50, metadata=_help("linear warm-up steps, then cosine decay to 0"))
     grad_clip: float = field(default=1.0, metadata=_help("max gradient norm (0 = off)"))
+    patience: int = field(default=0, metadata=_help(
+        "early stopping: stop after this many epochs without a better best_metric (0 = off)"))
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.epochs < 1 or self.warmup_steps < 0 or self.grad_clip < 0 or self.max_steps < 0:
-            raise ValueError("optim: need lr > 0, epochs >= 1, warmup_steps >= 0, grad_clip >= 0, max_steps >= 0")
+        if self.lr <= 0 or self.epochs < 1 or self.warmup_steps < 0 or self.grad_clip < 0 or self.max_steps < 0 \
+                or self.patience < 0:
+            raise ValueError("optim: need lr > 0, epochs >= 1, warmup_steps >= 0, grad_clip >= 0, max_steps >= 0, "
+                             "patience >= 0")
 
 
 @dataclass

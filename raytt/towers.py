@@ -30,12 +30,20 @@ class TowerConfig:
     layers: int = field(default=1, metadata={"help": "recurrent / transformer layers"})
     heads: int = field(default=4, metadata={"help": "transformer attention heads"})
     dropout: float = field(default=0.0, metadata={"help": "dropout inside trainable towers"})
-    residual: bool = field(default=True, metadata={"help": "add the last context vector to the tower's output"})
+    residual: bool = field(default=True, metadata={"help": "add a heuristic base (see residual_alpha) to the output"})
+    residual_alpha: float = field(default=0.0, metadata={
+        "help": "the residual base: exp-weighted mean with this alpha (0 = the last context vector)"})
+    gate: bool = field(default=False, metadata={
+        "help": "scale the trained correction by a learned scalar that starts at 0: the tower starts at its base"})
     doc: DocKind = field(default="identity", metadata={"help": "doc tower: identity (the bank is the index) or mlp"})
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"tower.alpha must be in (0, 1], got {self.alpha}")
+        if not 0.0 <= self.residual_alpha <= 1.0:
+            raise ValueError(f"tower.residual_alpha must be in [0, 1], got {self.residual_alpha}")
+        if self.gate and not self.residual:
+            raise ValueError("tower.gate needs tower.residual: the gate blends a correction into the residual base")
         if self.hidden < 0 or self.layers < 1 or self.heads < 1:
             raise ValueError("tower.hidden must be >= 0, tower.layers and tower.heads >= 1")
         if not 0.0 <= self.dropout < 1.0:
@@ -108,7 +116,9 @@ class QueryTower(nn.Module):
         super().__init__()
         hidden = cfg.hidden or dim
         self.kind = cfg.query
-        self.residual = cfg.residual and cfg.query not in PARAMETER_FREE
+        trainable = cfg.query not in PARAMETER_FREE
+        self.base = WeightedMean(cfg.residual_alpha) if cfg.residual and trainable else None
+        self.gate = nn.Parameter(torch.zeros(())) if cfg.gate and trainable else None
         if cfg.query == "last":
             self.body: nn.Module = WeightedMean(0.0)
         elif cfg.query == "mean":
@@ -122,8 +132,10 @@ class QueryTower(nn.Module):
 
     def forward(self, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         out = self.body(context, lengths)
-        if self.residual:
-            out = out + context[:, -1]
+        if self.gate is not None:
+            out = self.gate * out
+        if self.base is not None:
+            out = out + F.normalize(self.base(context, lengths), dim=-1)
         return F.normalize(out, dim=-1)
 
 

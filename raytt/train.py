@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -35,6 +34,7 @@ from raytt.mining.pool import MinerPool
 from raytt.retrieval import as_tensor, mrr_at, recall_at, scan
 from raytt.runconfig import TrainConfig
 from raytt.sequences import check_provenance, open_shards
+from raytt.session import start_ray
 from raytt.storage import atomic_dir, check_uri, write_json
 from raytt.towers import TwoTower, describe, gather, index_vectors, query_vectors
 
@@ -73,7 +73,7 @@ class Worker:
         total = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _lr_factor(s, cfg.optim.warmup_steps, total)) \
             if self.opt else None
-        self.step, self.epoch, self.batch_in_epoch, self.best = 0, 0, 0, -math.inf
+        self.step, self.epoch, self.batch_in_epoch, self.best, self.since_best = 0, 0, 0, -math.inf, 0
         self.data = ray.train.get_dataset_shard("train")
         self.pool = loop["pool"]
         self.miner = MiningClient(self.pool, cfg.mining, self.rank, config.to_dict(cfg.tower)) if self.pool else None
@@ -97,7 +97,7 @@ class Worker:
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.best = state["best"]
+        self.best, self.since_best = state["best"], state.get("since_best", 0)
         checkpoints.set_rng_state(state["rng"])
         self.log(f"train: resumed from {folder.name} at step {self.step} (epoch {self.epoch}, "
                  f"batch {self.batch_in_epoch})")
@@ -105,6 +105,13 @@ class Worker:
     @property
     def done(self) -> bool:
         return 0 < self.cfg.optim.max_steps <= self.step
+
+    def patience_spent(self) -> bool:
+        """Early stopping: rank 0's count of epochs without a better `best_metric`, agreed by every worker."""
+        spent = torch.tensor([int(0 < self.cfg.optim.patience <= self.since_best)])
+        if self.world > 1:
+            dist.broadcast(spent, src=0)
+        return bool(spent.item())
 
     def log(self, line: str) -> None:
         if self.rank == 0:
@@ -189,16 +196,18 @@ class Worker:
         ctx, lengths, target = self.val
         queries = query_vectors(self.model, self.bank_np, ctx, lengths, device=self.device)
         index = index_vectors(self.model, self.bank_np, device=self.device)
-        ranks = scan(queries, target, index).ranks
-        out = {f"val/R@{k}": recall_at(ranks, k) for k in KS}
-        out["val/MRR@10"] = mrr_at(ranks, 10)
+        result = scan(queries, target, index, context=ctx)
+        out = {f"val/R@{k}": recall_at(result.ranks, k) for k in KS}
+        out["val/MRR@10"] = mrr_at(result.ranks, 10)
+        out.update({f"val/excl/R@{k}": recall_at(result.ranks_excl, k) for k in (1, 10, 100)})
+        out["val/excl/MRR@10"] = mrr_at(result.ranks_excl, 10)
         out["val/in_batch_acc"] = in_batch_accuracy(queries, index[target], target, self.cfg.data.batch_size)
         return out
 
     def state(self) -> dict:
         return {"optimizer": self.opt.state_dict() if self.opt else {}, "scheduler": self.sched.state_dict() if self.sched else {},
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
-                "rng": checkpoints.rng_state()}
+                "since_best": self.since_best, "rng": checkpoints.rng_state()}
 
     def meta(self, metrics: dict) -> dict:
         """What `checkpoints.load_model` needs to rebuild the model, plus where the run stood."""
@@ -235,9 +244,12 @@ class Worker:
 
     def keep_best(self, metrics: dict) -> None:
         value = metrics.get(self.cfg.best_metric)
-        if self.rank != 0 or value is None or value <= self.best:
+        if self.rank != 0 or value is None:
             return
-        self.best = value
+        if value <= self.best:
+            self.since_best += 1
+            return
+        self.best, self.since_best = value, 0
         with atomic_dir(self.cfg.run_dir / "best", overwrite=True) as tmp:
             checkpoints.save(tmp, self.model, {}, self.meta(metrics))
         self.log(f"train: new best {self.cfg.best_metric} = {value:.4f} at step {self.step}, saved to best/")
@@ -303,10 +315,15 @@ def train_loop(loop: dict) -> None:
         metrics = {"step": w.step, "epoch": w.epoch, **w.validate(), **mining}
         if w.rank == 0:
             w.log(f"epoch {w.epoch}/{cfg.optim.epochs}  step {w.step}  val full-bank R@10 {metrics['val/R@10']:.4f}  "
-                  f"R@100 {metrics['val/R@100']:.4f}  MRR@10 {metrics['val/MRR@10']:.4f}  "
+                  f"R@100 {metrics['val/R@100']:.4f}  MRR@10 {metrics['val/MRR@10']:.4f}  context-excluded R@10 "
+                  f"{metrics['val/excl/R@10']:.4f}  MRR@10 {metrics['val/excl/MRR@10']:.4f}  "
                   f"(val in-batch acc {metrics['val/in_batch_acc']:.3f}){_mining_line(mining)}")
             w.keep_best(metrics)
         w.report(metrics, checkpoint=True, epoch_end=True)
+        if w.patience_spent():
+            w.log(f"train: early stop after epoch {w.epoch}: {cfg.best_metric} has not improved for "
+                  f"{cfg.optim.patience} epoch(s); best {w.best:.4f} is in best/")
+            break
 
 
 class KeyBatch(NumpyBatchCollateFn):
@@ -403,21 +420,6 @@ def cpus_needed(cfg: TrainConfig) -> float:
     return cpus
 
 
-def start_ray(cfg: TrainConfig, extra_cpus: float = 0) -> None:
-    """Join the cluster at RAY_ADDRESS (`ray job submit` sets it), or start a local Ray sized for the run."""
-    import ray
-
-    if ray.is_initialized():
-        pass
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_config=ray.LoggingConfig(log_level="WARNING"))
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg) + extra_cpus)),
-                 logging_config=ray.LoggingConfig(log_level="WARNING"),
-                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
-    ray.data.DataContext.get_current().enable_progress_bars = False
-
-
 def start_pool(cfg: TrainConfig, bank_ref, progress: Progress = print, force: bool = False) -> MinerPool | None:
     """The miner pool, created here in the top-level driver, when the schedule (or `force`) needs one."""
     if not (cfg.mining.curriculum.mines or force):
@@ -465,7 +467,7 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
         checkpoints.pull(cfg.remote, cfg.run_dir)
         progress(f"train: run directory {cfg.remote} (checkpoints written there by Ray Train; local mirror {cfg.run_dir})")
     inputs = prepare(cfg, progress)
-    start_ray(cfg)
+    start_ray(cpus_needed(cfg))
     resume = checkpoints.latest(cfg.run_dir)
     if resume:
         progress(f"train: run {cfg.name!r} exists; resuming from {resume.name}")

@@ -211,7 +211,8 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
     import ray
     from ray import tune as rt
 
-    from raytt.train import prepare, start_pool, start_ray
+    from raytt.session import start_ray
+    from raytt.train import cpus_needed, prepare, start_pool
 
     if not resume:
         search = dataclasses.replace(search, train=str(Path(search.train).resolve()))
@@ -232,7 +233,7 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
         checkpoints.push(run_dir, search.remote)
     forced_miners = base_cfg.mining.actors * base_cfg.mining.actor_cpus if mines and not base_cfg.mining.curriculum.mines \
         else 0
-    start_ray(base_cfg, extra_cpus=max(1, base_cfg.workers) * base_cfg.threads_per_worker + forced_miners)
+    start_ray(cpus_needed(base_cfg) + max(1, base_cfg.workers) * base_cfg.threads_per_worker + forced_miners)
     bank_ref = ray.put(inputs["bank"])
     pool = start_pool(base_cfg, bank_ref, progress, force=mines)
     resources = ray.cluster_resources()

@@ -38,7 +38,7 @@ def test_launcher_yaml_matches_rays_own_schema():
 def test_launcher_installs_raytt_gpu_and_keeps_the_cluster_closed():
     cfg = _launcher()
     setup = "\n".join(cfg["setup_commands"])
-    assert setup.index("torch==2.13.0") < setup.index("[gpu]"), "torch pinned and installed before raytt[gpu]"
+    assert setup.index("torch==2.13.0") < setup.index("[gpu,ingest]"), "torch pinned, installed before raytt[gpu]"
     head, workers = " ".join(cfg["head_start_ray_commands"]), " ".join(cfg["worker_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head
     assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in workers

@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 
 from raytt import config
+from raytt.corpus import IngestConfig
 from raytt.runconfig import TrainConfig
 from raytt.tune import SearchConfig
 from raytt.sequences import BuildConfig, open_shards
 from raytt.synth import SynthConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = {"synth": SynthConfig, "build": BuildConfig, "demo": TrainConfig, "wiki768": TrainConfig, "tune": SearchConfig}
+KINDS = {"synth": SynthConfig, "build": BuildConfig, "demo": TrainConfig, "wiki768": TrainConfig, "pydocs": TrainConfig,
+         "tune": SearchConfig, "ingest": IngestConfig}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -28,6 +28,20 @@ def test_parameter_free_towers_equal_the_heuristics(kind, reference):
     np.testing.assert_allclose(got, reference(ctx, lengths), atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["gru", "transformer"])
+def test_a_gated_tower_starts_exactly_at_its_heuristic_base(kind):
+    """`gate`: the trained correction is scaled by a learned scalar starting at 0, so step 0 is the heuristic."""
+    bank, keys, lengths = _context(np.random.default_rng(1))
+    model = TwoTower(TowerConfig(query=kind, hidden=16, heads=2, residual_alpha=0.3, gate=True), bank.shape[1])
+    ctx = bank[np.clip(keys, 0, None)] * (keys >= 0)[..., None]
+    np.testing.assert_allclose(query_vectors(model, bank, keys, lengths), exp_weighted(ctx, lengths, 0.3), atol=1e-5)
+    with torch.no_grad():
+        model.query.gate.fill_(1.0)
+    assert np.abs(query_vectors(model, bank, keys, lengths) - exp_weighted(ctx, lengths, 0.3)).max() > 1e-3
+    with pytest.raises(ValueError, match="gate needs"):
+        TowerConfig(gate=True, residual=False)
+
+
 @pytest.mark.parametrize("kind", ["gru", "lstm", "transformer"])
 def test_trainable_towers_are_unit_and_ignore_padding(kind):
     torch.manual_seed(0)

@@ -131,3 +131,13 @@ def test_gpu_workers_train_with_nccl_and_bf16(ray_local, synth_bank, synth_shard
                **{"optim.epochs": 2})
     summary = train(cfg, progress=QUIET)
     assert summary["epochs"] == 2 and summary["best"]["value"] > 0
+
+
+def test_patience_stops_a_run_whose_validation_stopped_improving(ray_local, synth_bank, synth_shards, tmp_path):
+    """Early stopping on full-bank validation: a parameter-free tower never improves after its first epoch."""
+    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="patient", workers=0,
+               **{"tower.query": "last", "optim.epochs": 6, "optim.patience": 2})
+    summary = train(cfg, progress=QUIET)
+    assert summary["epochs"] == 3 and summary["best"]["epoch"] == 1
+    last = _rows(cfg.run_dir)[-1]
+    assert last["val/excl/R@10"] >= last["val/R@10"], "the context-excluded view is reported beside the other"
