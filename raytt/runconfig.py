@@ -7,11 +7,10 @@ Sections mirror the code they configure: `data` (bank, shards, batches), `tower`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from raytt.losses import LossConfig
 from raytt.mining import MiningConfig
-from raytt.storage import locate
+from raytt.storage import Located
 from raytt.towers import TowerConfig
 
 
@@ -58,7 +57,7 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Located):
     name: str = field(default="demo", metadata=_help("run name: the same name resumes the run"))
     storage: str = field(default="runs", metadata=_help(
         "where run directories go: a path (shared by every node on a cluster) or a URI such as s3://bucket/runs"))
@@ -92,12 +91,3 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.remote and self.workers == 0:
             raise ValueError(f"storage {self.storage!r} is a URI: local debugging runs (workers: 0) write to a path")
-
-    @property
-    def remote(self) -> str | None:
-        """The run's URI when `storage` is one: Ray Train writes checkpoints there, `run_dir` mirrors the rest."""
-        return locate(self.storage, self.name)[1]
-
-    @property
-    def run_dir(self) -> Path:
-        return locate(self.storage, self.name)[0]

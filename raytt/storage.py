@@ -91,6 +91,22 @@ def locate(storage: str, name: str) -> tuple[Path, str | None]:
     return Path(storage) / name, None
 
 
+class Located:
+    """For configs with `storage` and `name`: where their directory is (a path, or a URI's local mirror)."""
+
+    storage: str
+    name: str
+
+    @property
+    def remote(self) -> str | None:
+        """The URI when `storage` is one (Ray writes there; `run_dir` mirrors raytt's own files), else None."""
+        return locate(self.storage, self.name)[1]
+
+    @property
+    def run_dir(self) -> Path:
+        return locate(self.storage, self.name)[0]
+
+
 def mirror_of(uri: str) -> Path:
     """The local directory that mirrors a storage URI on this node."""
     digest = hashlib.sha1(uri.encode()).hexdigest()[:12]

@@ -23,7 +23,7 @@ from typing import Literal
 from raytt import checkpoints, config
 from raytt.errors import ConfigError, RayttError
 from raytt.runconfig import TrainConfig
-from raytt.storage import check_uri, download, is_uri, locate
+from raytt.storage import Located, check_uri, download, is_uri, locate
 
 SEARCH_FILE = "search.yaml"
 TRIAL_DRIVER_CPU = 0.01   # a trial's own actor only waits on its TorchTrainer; the workers hold the CPUs
@@ -73,7 +73,7 @@ class Param:
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(Located):
     name: str = field(default="tune", metadata=_help("search name: its directory under storage; --resume continues it"))
     storage: str = field(default="runs/tune", metadata=_help(
         "where searches go: a path (shared by every node on a cluster) or a URI such as s3://bucket/tune"))
@@ -105,15 +105,6 @@ class SearchConfig:
             raise ValueError("search: grid needs every space parameter to be choice or grid (values to enumerate)")
         if self.search == "optuna" and any(p.kind == "grid" for p in self.space.values()):
             raise ValueError("search: optuna samples its own points; use choice instead of grid parameters")
-
-    @property
-    def remote(self) -> str | None:
-        """The search's URI when `storage` is one (Tune and the trials write there; `run_dir` mirrors it)."""
-        return locate(self.storage, self.name)[1]
-
-    @property
-    def run_dir(self) -> Path:
-        return locate(self.storage, self.name)[0]
 
 
 def load_search(run_dir: str | Path) -> SearchConfig:
