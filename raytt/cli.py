@@ -160,7 +160,7 @@ def job(command: str, argv: list[str]) -> None:
     import ray
 
     args = parser().parse_args([command, *argv])
-    address = os.environ.get("RAY_ADDRESS", "auto")
+    address = os.environ.get("RAY_ADDRESS") or "auto"
     try:
         ray.init(address=address, logging_config=ray.LoggingConfig(log_level="WARNING"))
     except ConnectionError as exc:

@@ -108,3 +108,21 @@ def test_ingest_refuses_bad_input_and_writes_nothing(tmp_path):
         with pytest.raises(RayttError, match="no GPU"):
             ingest(docs, tmp_path / "b6", IngestConfig(device="cuda"), progress=QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "empty", "not-a-model"]
+
+
+def test_ingest_refuses_to_resume_an_unfinished_run_with_other_settings(tmp_path, monkeypatch):
+    import raytt.corpus.ingest as module
+
+    docs = _corpus(tmp_path)
+
+    def crash(*_args, **_kwargs):
+        raise RuntimeError("injected crash before any shard")
+
+    monkeypatch.setattr(module, "_run", crash)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        ingest(docs, tmp_path / "bank", CFG, progress=QUIET)
+    assert (tmp_path / ".bank.partial" / "plan.json").is_file()
+    other = IngestConfig(chunk_words=20, min_chunks=2, files_per_shard=2)
+    with pytest.raises(RayttError, match=r"unfinished ingest with other \['config'\].*--overwrite"):
+        ingest(docs, tmp_path / "bank", other, progress=QUIET)
+    assert not (tmp_path / "bank").exists()

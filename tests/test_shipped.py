@@ -1,5 +1,6 @@
 """Every shipped YAML loads into its config class, and the jobs/ entrypoint runs."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,18 @@ def test_shipped_search_space_fits_its_training_config(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     search = config.load(SearchConfig, path)
     check_space(search, base_config(search))
+
+
+@pytest.mark.parametrize("script", ["train.py", "tune.py", "ingest.py"])
+def test_job_entrypoints_refuse_bad_flags_and_a_missing_cluster(script, tmp_path):
+    """jobs/*.py check their flags before connecting, and never start a private Ray when no cluster runs."""
+    run = lambda *args: subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT,  # noqa: E731
+                                       capture_output=True, text=True, timeout=120,
+                                       env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+                                            "RAY_TMPDIR": str(tmp_path)})
+    flags = {"train.py": ["--config", "configs/demo.yaml"], "tune.py": ["--config", "configs/tune_demo.yaml"],
+             "ingest.py": ["--input", str(tmp_path), "--out", str(tmp_path / "bank")]}[script]
+    bad = run(*flags, "--no-such-flag")
+    assert bad.returncode == 2 and "unrecognized arguments: --no-such-flag" in bad.stderr
+    alone = run(*flags)
+    assert alone.returncode == 2 and "no Ray cluster" in alone.stderr
