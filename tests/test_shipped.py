@@ -44,15 +44,26 @@ def test_shipped_search_space_fits_its_training_config(path, monkeypatch):
 
 
 @pytest.mark.parametrize("script", ["train.py", "tune.py", "ingest.py"])
-def test_job_entrypoints_refuse_bad_flags_and_a_missing_cluster(script, tmp_path):
-    """jobs/*.py check their flags before connecting, and never start a private Ray when no cluster runs."""
+def test_job_entrypoints_refuse_bad_flags_and_a_missing_cluster(script, synth_bank, synth_shards, tmp_path):
+    """jobs/*.py check their flags and inputs before connecting, and never start a private Ray when no cluster runs."""
     run = lambda *args: subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT,  # noqa: E731
                                        capture_output=True, text=True, timeout=120,
                                        env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
                                             "RAY_TMPDIR": str(tmp_path)})
-    flags = {"train.py": ["--config", "configs/demo.yaml"], "tune.py": ["--config", "configs/tune_demo.yaml"],
-             "ingest.py": ["--input", str(tmp_path), "--out", str(tmp_path / "bank")]}[script]
+    train = tmp_path / "demo.yaml"
+    train.write_text((ROOT / "configs" / "demo.yaml").read_text()
+                     .replace("runs/demo/bank", str(synth_bank)).replace("runs/demo/shards", str(synth_shards))
+                     .replace("storage: runs/demo", f"storage: {tmp_path / 'runs'}"))
+    search = tmp_path / "tune.yaml"
+    search.write_text((ROOT / "configs" / "tune_demo.yaml").read_text()
+                      .replace("train: configs/demo.yaml", f"train: {train}")
+                      .replace("storage: runs/tune", f"storage: {tmp_path / 'tune'}"))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("One sentence here. Another one there.\n")
+    flags = {"train.py": ["--config", str(train)], "tune.py": ["--config", str(search)],
+             "ingest.py": ["--input", str(tmp_path / "docs"), "--out", str(tmp_path / "bank")]}[script]
     bad = run(*flags, "--no-such-flag")
     assert bad.returncode == 2 and "unrecognized arguments: --no-such-flag" in bad.stderr
     alone = run(*flags)
-    assert alone.returncode == 2 and "no Ray cluster" in alone.stderr
+    assert alone.returncode == 2 and "no Ray cluster" in alone.stderr, alone.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "tune").exists() and not (tmp_path / "bank").exists()
