@@ -155,12 +155,27 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
+def cluster_address() -> str | None:
+    """RAY_ADDRESS (set by `ray job submit`), else the cluster `ray start` recorded on this machine.
+
+    Unlike `ray.init(address="auto")`, this never joins some other process's private Ray (a notebook's,
+    a test suite's) found by scanning the machine.
+    """
+    from ray._private.services import find_bootstrap_address
+
+    return os.environ.get("RAY_ADDRESS") or find_bootstrap_address(None)
+
+
 def job(command: str, argv: list[str]) -> None:
     """Entry point of `jobs/*.py`: check the flags, join the running cluster (never start a private one), run."""
     import ray
 
     args = parser().parse_args([command, *argv])
-    address = os.environ.get("RAY_ADDRESS") or "auto"
+    address = cluster_address()
+    if address is None:
+        print("raytt: error: no Ray cluster: RAY_ADDRESS is unset and `ray start` recorded none on this machine; "
+              "submit this with `ray job submit`, or start a cluster with `ray start --head`", file=sys.stderr)
+        sys.exit(2)
     try:
         ray.init(address=address, logging_config=ray.LoggingConfig(log_level="WARNING"))
     except ConnectionError as exc:

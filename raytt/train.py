@@ -29,8 +29,10 @@ from raytt.bank import load_bank
 from raytt.errors import ConfigError, RayttError
 from raytt.evaluate import KS, in_batch_accuracy, load_queries
 from raytt.losses import Batch, in_batch_accuracy as batch_accuracy, objective
+from raytt.mining.article import ArticleNegatives
 from raytt.mining.client import MiningClient
 from raytt.mining.pool import MinerPool
+from raytt.mining.select import BankLayout
 from raytt.retrieval import as_tensor, mrr_at, recall_at, scan
 from raytt.runconfig import TrainConfig
 from raytt.sequences import check_provenance, open_shards
@@ -60,7 +62,8 @@ class Worker:
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         torch.set_num_threads(cfg.threads_per_worker)
         self.device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
-        self.bank_np = ray.get(loop["bank"]).vectors
+        bank = ray.get(loop["bank"])
+        self.bank_np = bank.vectors
         self.bank = as_tensor(self.bank_np).to(self.device)
         self.val = loop["val"]
         self.steps_per_epoch = loop["steps_per_epoch"]
@@ -77,6 +80,8 @@ class Worker:
         self.data = ray.train.get_dataset_shard("train")
         self.pool = loop["pool"]
         self.miner = MiningClient(self.pool, cfg.mining, self.rank, config.to_dict(cfg.tower)) if self.pool else None
+        self.same_article = ArticleNegatives(BankLayout(bank.article_codes, bank.positions), cfg.mining.window) \
+            if cfg.mining.article_negatives else None
         if self.rank == 0:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             checkpoints.pull(cfg.remote, cfg.run_dir)
@@ -150,6 +155,15 @@ class Worker:
         while ahead:
             batch, ticket = ahead.popleft()
             yield (*batch, self.miner.collect(ticket, self.step))
+
+    def with_article_negatives(self, lengths: torch.Tensor, target: torch.Tensor,
+                               mined_keys: np.ndarray | None) -> np.ndarray | None:
+        """The mined negative keys plus `article_negatives` same-article ones, drawn from (seed, rank, step)."""
+        if self.same_article is None:
+            return mined_keys
+        rng = np.random.default_rng((self.cfg.seed, self.rank, self.step))
+        drawn = self.same_article.sample(target.numpy(), lengths.numpy(), self.cfg.mining.article_negatives, rng)
+        return drawn if mined_keys is None else np.concatenate([np.asarray(mined_keys), drawn], axis=1)
 
     def train_step(self, keys: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor,
                    mined_keys: np.ndarray | None = None) -> tuple[float, float]:
@@ -291,7 +305,7 @@ def train_loop(loop: dict) -> None:
     while w.epoch < cfg.optim.epochs and not w.done:
         window_loss, window_acc, window_n, t0 = 0.0, 0.0, 0, time.perf_counter()
         for keys, lengths, target, mined in w.mined_batches():
-            loss, acc = w.train_step(keys, lengths, target, mined)
+            loss, acc = w.train_step(keys, lengths, target, w.with_article_negatives(lengths, target, mined))
             w.step += 1
             w.batch_in_epoch += 1
             window_loss, window_acc, window_n = window_loss + loss, window_acc + acc, window_n + 1

@@ -13,6 +13,7 @@ from raytt import config
 from raytt.bank import load_bank
 from raytt.errors import ConfigError
 from raytt.mining import MiningConfig
+from raytt.mining.article import ArticleNegatives
 from raytt.mining.index import Index, IndexSpec
 from raytt.mining.schedule import Stage, parse
 from raytt.mining.select import BankLayout, FilterConfig, select
@@ -136,6 +137,34 @@ def test_context_chunks_stay_allowed_as_negatives():
     picked, _ = select(scores, keys, target, np.array([4]), layout, vectors, Stage(0, 0, 4, -1.0, 1.0),
                        FilterConfig(window=2, fn_threshold=0.99), rng)
     assert 9 in picked[0] and 11 not in picked[0] and 12 not in picked[0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), window=st.integers(0, 3), count=st.integers(1, 12))
+def test_article_negatives_come_from_the_targets_article_and_skip_its_neighbours(seed, window, count):
+    rng = np.random.default_rng(seed)
+    _, layout = _layout_bank(rng)
+    shuffled = rng.permutation(len(layout.articles))          # keys need not be grouped by article
+    layout = BankLayout(layout.articles[shuffled], layout.positions[shuffled])
+    target = rng.integers(0, len(shuffled), 64)
+    context_len = np.minimum(layout.positions[target], rng.integers(1, 5, 64))
+    picked = ArticleNegatives(layout, window).sample(target, context_len, count, rng)
+    assert picked.shape == (64, count)
+    for row, t, k in zip(picked, target, context_len):
+        got = row[row >= 0]
+        assert len(set(got.tolist())) == len(got) and t not in got
+        assert np.all(layout.articles[got] == layout.articles[t])
+        offset = layout.positions[got] - layout.positions[t]
+        assert not np.any((np.abs(offset) <= window) & ~((offset < 0) & (offset >= -k)))
+
+
+def test_article_negatives_cover_the_whole_article_and_pad_short_ones():
+    layout = BankLayout(np.repeat([0, 1], [40, 2]), np.concatenate([np.arange(40), np.arange(2)]))
+    sampler, rng = ArticleNegatives(layout, window=1), np.random.default_rng(0)
+    seen = np.concatenate([sampler.sample(np.array([20]), np.array([3]), 8, rng)[0] for _ in range(200)])
+    assert set(seen.tolist()) == set(range(40)) - {20, 21}, "every eligible chunk must be drawn, uniformly placed"
+    short = sampler.sample(np.array([40]), np.array([0]), 8, rng)
+    assert short.tolist() == [[-1] * 8], "a two-chunk article has no chunk outside the window"
 
 
 @pytest.mark.parametrize("text, count", [("", 0), ("0-5:none", 0), ("0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96", 16),
@@ -312,6 +341,7 @@ def test_client_bounds_requests_in_flight_and_falls_back(ray_local):
     ("fn_threshold=1.5", "fn_threshold in"),
     ("max_in_flight=0", "max_in_flight"),
     ("negatives=-2", "mining.negatives must be >= 0"),
+    ("article_negatives=-1", "mining.article_negatives must be >= 0"),
     ("fault=explode@3", "expected kill@STEP or raise@FIRST-LAST"),
     ("fault=kill@soon", "expected kill@STEP or raise@FIRST-LAST"),
     ("index=annoy", "mining.index must be one of"),

@@ -37,6 +37,9 @@ class MiningConfig:
         "curriculum, e.g. '0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96' (epochs:none or count@lo-hi); '' = never"))
     negatives: int = field(default=0, metadata=_help(
         "mined negatives per query in every mining stage (0 = the counts the schedule gives)"))
+    article_negatives: int = field(default=0, metadata=_help(
+        "other chunks of the target's own article per query, drawn at random every step of every epoch, with no "
+        "index (the window filter applies); added to any mined negatives"))
     actors: int = field(default=1, metadata=_help("miner actors (created by the driver, shared by all workers)"))
     actor_cpus: float = field(default=1.0, metadata=_help("CPUs per miner actor (also its torch/FAISS threads)"))
     actor_gpus: float = field(default=0.0, metadata=_help("GPUs per miner actor (a GPU index when > 0 and CUDA is there)"))
@@ -73,6 +76,8 @@ class MiningConfig:
             raise ValueError(str(exc)) from None
         if self.negatives < 0:
             raise ValueError(f"mining.negatives must be >= 0, got {self.negatives}")
+        if self.article_negatives < 0:
+            raise ValueError(f"mining.article_negatives must be >= 0, got {self.article_negatives}")
         if self.negatives:
             self.curriculum = self.curriculum.with_count(self.negatives)
         if self.actors < 1 or self.actor_cpus <= 0 or self.actor_gpus < 0:
