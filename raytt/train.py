@@ -123,18 +123,22 @@ class Worker:
             print(line, flush=True)
 
     def batches(self):
-        """This epoch's batches, skipping those already trained on before a resume."""
+        """This epoch's batches with an is-last flag, skipping those already trained on before a resume.
+
+        The flag (known one batch ahead, which prefetching holds anyway) lets the epoch's last step leave
+        its checkpoint to the epoch-end one: two checkpoints of one step would share a directory name.
+        """
         it = self.data.iter_torch_batches(
             batch_size=self.cfg.data.batch_size, drop_last=True, prefetch_batches=self.cfg.data.prefetch_batches,
             local_shuffle_buffer_size=self.cfg.data.shuffle_buffer or None,
             local_shuffle_seed=self.cfg.seed + 1000 * self.epoch + self.rank if self.cfg.data.shuffle_buffer else None,
             collate_fn=KeyBatch())
-        for i, batch in enumerate(it):
+        for i, (batch, last) in enumerate(_flag_last(it)):
             if i >= self.batch_in_epoch:
-                yield batch
+                yield (*batch, last)
 
     def mined_batches(self):
-        """This epoch's batches with their mined negative keys (None = in-batch only).
+        """This epoch's batches (keys, lengths, target, is-last) with their mined negative keys (None = in-batch only).
 
         Batches are fetched `max_in_flight` steps ahead and their mining requested on fetch: the
         request for batch t+L goes out after batch t's answer is collected and before t trains.
@@ -149,7 +153,7 @@ class Worker:
             due = ahead.popleft() if len(ahead) == self.cfg.mining.max_in_flight else None
             mined = self.miner.collect(due[1], self.step) if due else None
             self.miner.publish(self.step, self.model)
-            ahead.append((batch, self.miner.submit(stage, self.step + len(ahead) + 1, *batch)))
+            ahead.append((batch, self.miner.submit(stage, self.step + len(ahead) + 1, *batch[:3])))
             if due:
                 yield (*due[0], mined)
         while ahead:
@@ -304,12 +308,13 @@ def train_loop(loop: dict) -> None:
     w = Worker(cfg, loop)
     while w.epoch < cfg.optim.epochs and not w.done:
         window_loss, window_acc, window_n, t0 = 0.0, 0.0, 0, time.perf_counter()
-        for keys, lengths, target, mined in w.mined_batches():
+        for keys, lengths, target, last, mined in w.mined_batches():
             loss, acc = w.train_step(keys, lengths, target, w.with_article_negatives(lengths, target, mined))
             w.step += 1
             w.batch_in_epoch += 1
             window_loss, window_acc, window_n = window_loss + loss, window_acc + acc, window_n + 1
-            if w.step % cfg.log_every == 0 or w.step % cfg.checkpoint_every == 0:
+            checkpoint = w.step % cfg.checkpoint_every == 0 and not (last or w.done)   # else the epoch's follows
+            if w.step % cfg.log_every == 0 or checkpoint:
                 elapsed = time.perf_counter() - t0
                 metrics = {"step": w.step, "epoch": w.epoch, "train/loss": window_loss / window_n,
                            "train/in_batch_acc": window_acc / window_n, "train/candidates": w.candidates,
@@ -318,7 +323,7 @@ def train_loop(loop: dict) -> None:
                            "lr": w.sched.get_last_lr()[0] if w.sched else 0.0}
                 w.log(f"step {w.step:>6}  epoch {w.epoch}  loss {metrics['train/loss']:.4f}  in-batch acc "
                       f"{metrics['train/in_batch_acc']:.3f}  {metrics['train/samples_per_s']:,.0f} samples/s")
-                w.report(metrics, checkpoint=w.step % cfg.checkpoint_every == 0)
+                w.report(metrics, checkpoint=checkpoint)
                 window_loss, window_acc, window_n, t0 = 0.0, 0.0, 0, time.perf_counter()
             w.maybe_fail()
             if w.done:
@@ -349,6 +354,19 @@ class KeyBatch(NumpyBatchCollateFn):
             keys = np.stack(keys)
         return (torch.as_tensor(keys, dtype=torch.int64), torch.as_tensor(batch["context_len"], dtype=torch.int64),
                 torch.as_tensor(batch["target_key"], dtype=torch.int64))
+
+
+def _flag_last(items):
+    """(item, is_last) pairs, reading one item ahead."""
+    it = iter(items)
+    current = next(it, _END)
+    while current is not _END:
+        following = next(it, _END)
+        yield current, following is _END
+        current = following
+
+
+_END = object()
 
 
 def _mining_line(m: dict) -> str:

@@ -66,6 +66,16 @@ def test_two_workers_gather_candidates_and_survive_an_injected_failure(ray_local
     assert summary["steps"] == per_epoch[-1] == 2 * per_epoch[0]
 
 
+def test_an_epoch_ending_on_a_checkpoint_step_writes_one_checkpoint(ray_local, synth_bank, synth_shards, tmp_path):
+    """Every step checkpoints, so each epoch's last step meets the epoch-end checkpoint; Ray prunes to one."""
+    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="every", workers=2, checkpoint_every=1, keep_checkpoints=1,
+               **{"optim.epochs": 3, "data.batch_size": 512})
+    summary = train(cfg, progress=QUIET)
+    assert summary["epochs"] == 3 and summary["steps"] >= 6
+    left = sorted(p.name for p in cfg.run_dir.glob("checkpoint_*") if p.is_dir())
+    assert left == [f"checkpoint_{summary['steps']:09d}"]
+
+
 def test_a_run_name_cannot_silently_change_model(ray_local, synth_bank, synth_shards, tmp_path):
     cfg = _cfg(synth_bank, synth_shards, tmp_path, name="fixed", workers=0, **{"optim.epochs": 1})
     train(cfg, progress=QUIET)
