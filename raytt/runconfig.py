@@ -48,12 +48,15 @@ class OptimConfig:
     grad_clip: float = field(default=1.0, metadata=_help("max gradient norm (0 = off)"))
     patience: int = field(default=0, metadata=_help(
         "early stopping: stop after this many epochs without a better best_metric (0 = off)"))
+    ema: float = field(default=0.0, metadata=_help(
+        "decay of an exponential moving average of the weights; validation, best/ and checkpoints' model.pt use "
+        "the average (0 = off)"))
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.warmup_steps < 0 or self.grad_clip < 0 or self.max_steps < 0 \
-                or self.patience < 0:
+                or self.patience < 0 or not 0.0 <= self.ema < 1.0:
             raise ValueError("optim: need lr > 0, epochs >= 1, warmup_steps >= 0, grad_clip >= 0, max_steps >= 0, "
-                             "patience >= 0")
+                             "patience >= 0, 0 <= ema < 1")
 
 
 @dataclass

@@ -9,6 +9,7 @@ ends with full-bank validation on the val split and a checkpoint; the best one i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -72,6 +73,7 @@ class Worker:
         self.net = ray.train.torch.prepare_model(self.model) if self.world > 1 and self.model.trainable else self.model
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay) if params else None
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.optim.ema and self.opt else None
         total = cfg.optim.epochs * self.steps_per_epoch
         total = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _lr_factor(s, cfg.optim.warmup_steps, total)) \
@@ -95,9 +97,16 @@ class Worker:
         elif resume:
             self._load(Path(resume))
 
+    @property
+    def served(self) -> TwoTower:
+        """The weights validation, best/ and checkpoints hold: the moving average when `optim.ema` is on."""
+        return self.ema if self.ema is not None else self.model
+
     def _load(self, folder: Path) -> None:
-        self.model.load_state_dict(torch.load(folder / checkpoints.MODEL, weights_only=True, map_location=self.device))
+        weights = torch.load(folder / checkpoints.MODEL, weights_only=True, map_location=self.device)
         state = checkpoints.load_state(folder)
+        self.served.load_state_dict(weights)
+        self.model.load_state_dict(state.get("train_weights", weights))
         if self.opt:
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
@@ -192,6 +201,8 @@ class Worker:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
                 self.opt.step()
                 self.sched.step()
+                if self.ema is not None:
+                    _ema_update(self.ema, self.model, self.cfg.optim.ema)
         self.candidates = len(cand_keys)
         self.mined = int((mined_keys >= 0).sum()) / len(target) if mined_keys is not None else 0.0
         return float(loss.detach()), batch_accuracy(batch)
@@ -212,8 +223,8 @@ class Worker:
         if self.rank != 0:
             return {}
         ctx, lengths, target = self.val
-        queries = query_vectors(self.model, self.bank_np, ctx, lengths, device=self.device)
-        index = index_vectors(self.model, self.bank_np, device=self.device)
+        queries = query_vectors(self.served, self.bank_np, ctx, lengths, device=self.device)
+        index = index_vectors(self.served, self.bank_np, device=self.device)
         result = scan(queries, target, index, context=ctx)
         out = {f"val/R@{k}": recall_at(result.ranks, k) for k in KS}
         out["val/MRR@10"] = mrr_at(result.ranks, 10)
@@ -225,7 +236,8 @@ class Worker:
     def state(self) -> dict:
         return {"optimizer": self.opt.state_dict() if self.opt else {}, "scheduler": self.sched.state_dict() if self.sched else {},
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
-                "since_best": self.since_best, "rng": checkpoints.rng_state()}
+                "since_best": self.since_best, "rng": checkpoints.rng_state(),
+                **({"train_weights": self.model.state_dict()} if self.ema is not None else {})}
 
     def meta(self, metrics: dict) -> dict:
         """What `checkpoints.load_model` needs to rebuild the model, plus where the run stood."""
@@ -251,12 +263,12 @@ class Worker:
         meta = self.meta(metrics)
         if self.local:
             with atomic_dir(self.cfg.run_dir / name, overwrite=True) as tmp:
-                checkpoints.save(tmp, self.model, self.state(), meta)
+                checkpoints.save(tmp, self.served, self.state(), meta)
             _prune(self.cfg.run_dir, self.cfg.keep_checkpoints)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(self.cfg.run_dir / name))
             return
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoints.save(Path(tmp), self.model, self.state(), meta)
+            checkpoints.save(Path(tmp), self.served, self.state(), meta)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
         checkpoints.push(self.cfg.run_dir, self.cfg.remote)
 
@@ -269,7 +281,7 @@ class Worker:
             return
         self.best, self.since_best = value, 0
         with atomic_dir(self.cfg.run_dir / "best", overwrite=True) as tmp:
-            checkpoints.save(tmp, self.model, {}, self.meta(metrics))
+            checkpoints.save(tmp, self.served, {}, self.meta(metrics))
         self.log(f"train: new best {self.cfg.best_metric} = {value:.4f} at step {self.step}, saved to best/")
 
     def maybe_fail(self) -> None:
@@ -354,6 +366,16 @@ class KeyBatch(NumpyBatchCollateFn):
             keys = np.stack(keys)
         return (torch.as_tensor(keys, dtype=torch.int64), torch.as_tensor(batch["context_len"], dtype=torch.int64),
                 torch.as_tensor(batch["target_key"], dtype=torch.int64))
+
+
+@torch.no_grad()
+def _ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * model, parameters and buffers alike."""
+    for avg, new in zip(average.state_dict().values(), model.state_dict().values()):
+        if avg.dtype.is_floating_point:
+            avg.lerp_(new, 1.0 - decay)
+        else:
+            avg.copy_(new)
 
 
 def _flag_last(items):

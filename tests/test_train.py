@@ -4,13 +4,14 @@ import json
 import math
 
 import pytest
+import torch
 
 from conftest import QUIET
 from raytt import config
 from raytt.commands import evaluate
 from raytt.errors import ConfigError, RayttError
 from raytt.runconfig import TrainConfig
-from raytt.train import train
+from raytt.train import _ema_update, train
 
 
 def _cfg(bank, shards, storage, **over) -> TrainConfig:
@@ -74,6 +75,28 @@ def test_an_epoch_ending_on_a_checkpoint_step_writes_one_checkpoint(ray_local, s
     assert summary["epochs"] == 3 and summary["steps"] >= 6
     left = sorted(p.name for p in cfg.run_dir.glob("checkpoint_*") if p.is_dir())
     assert left == [f"checkpoint_{summary['steps']:09d}"]
+
+
+def test_ema_update_is_a_moving_average():
+    average, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    torch.nn.init.zeros_(average.weight), torch.nn.init.ones_(model.weight)
+    _ema_update(average, model, 0.9)
+    assert torch.allclose(average.weight, torch.full((1, 2), 0.1))
+
+
+def test_ema_run_serves_the_average_and_resumes_both_weights(ray_local, synth_bank, synth_shards, tmp_path):
+    over = {"optim.ema": 0.9}
+    first = train(_cfg(synth_bank, synth_shards, tmp_path, name="ema", workers=0, **{"optim.epochs": 1}, **over),
+                  progress=QUIET)
+    latest = sorted(p for p in (tmp_path / "ema").glob("checkpoint_*") if p.is_dir())[-1]
+    served = torch.load(latest / "model.pt", weights_only=True)
+    trained = torch.load(latest / "train_state.pt", weights_only=True)["train_weights"]
+    assert served.keys() == trained.keys() and any(not torch.equal(served[k], trained[k]) for k in served)
+    second = train(_cfg(synth_bank, synth_shards, tmp_path, name="ema", workers=0, **{"optim.epochs": 2}, **over),
+                   progress=QUIET)
+    assert second["steps"] == 2 * first["steps"]
+    result = evaluate(run=tmp_path / "ema", split="val", max_queries=400, progress=QUIET)
+    assert result["views"]["all"]["model"]["R@10"] == pytest.approx(second["best"]["value"])   # best/ = the average
 
 
 def test_a_run_name_cannot_silently_change_model(ray_local, synth_bank, synth_shards, tmp_path):
