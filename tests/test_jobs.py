@@ -63,7 +63,10 @@ def _stop(temp_dir: str) -> None:
 @pytest.fixture
 def ray_head():
     """A Ray head on this machine: its own token, ports and temp dir; the dashboard and job API on 127.0.0.1."""
-    temp_dir = tempfile.mkdtemp(prefix="rtt-", dir="/tmp")   # short: Ray's unix socket paths must stay < 108 bytes
+    # short (Ray's unix socket paths must stay < 108 bytes), and named ray/ so RAY_TMPDIR=<parent> finds the
+    # address `ray start` records there, as /tmp/ray/ray_current_cluster is found on a real head
+    temp_dir = str(Path(tempfile.mkdtemp(prefix="rtt-", dir="/tmp")) / "ray")
+    Path(temp_dir).mkdir()
     token = Path(temp_dir) / "auth_token"
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"}
@@ -77,7 +80,7 @@ def ray_head():
         started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, f"ray start failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}"
         yield {"env": env, "address": f"http://127.0.0.1:{ports['--dashboard-port']}", "temp_dir": temp_dir,
-               "dashboard_port": ports["--dashboard-port"]}
+               "dashboard_port": ports["--dashboard-port"], "gcs_port": ports["--port"]}
     finally:
         _stop(temp_dir)
     assert not _head_processes(temp_dir), "the head left processes behind"
@@ -117,3 +120,12 @@ def test_demo_training_through_ray_job_submit(ray_head, synth_bank, synth_shards
     report = json.loads((run / "eval" / "test" / "report.json").read_text())
     assert summary["epochs"] == 2 and report["split"] == "test"
     assert report["views"]["all"]["model"]["R@10"] > 0
+
+    on_head = subprocess.run([sys.executable, "jobs/train.py", "--config", "configs/demo.yaml", "--set",
+                              f"data.shards={tmp_path / 'missing'}"], cwd=REPO, capture_output=True, text=True,
+                             timeout=120, env={**ray_head["env"], "RAY_TMPDIR": str(Path(ray_head["temp_dir"]).parent)})
+    joined = f":{ray_head['gcs_port']}: 1 node(s), 4 CPU"   # Ray reports the host's address, not 127.0.0.1
+    assert "raytt: joined the Ray cluster at " in on_head.stdout and joined in on_head.stdout, "with no RAY_ADDRESS, " \
+        "join the head `ray start` recorded" \
+        f":\n{on_head.stdout[-2000:]}\n{on_head.stderr[-2000:]}"
+    assert on_head.returncode == 2 and "missing" in on_head.stderr
