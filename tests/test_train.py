@@ -115,6 +115,8 @@ def test_train_config_round_trip_and_strictness(tmp_path):
         config.load(TrainConfig, None, ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="tower.query"):
         config.load(TrainConfig, None, ["tower.query=cnn"])
+    with pytest.raises(ConfigError, match="0 <= ema < 1"):
+        config.load(TrainConfig, None, ["optim.ema=1.0"])
 
 
 def test_storage_uri_holds_the_run_and_resumes_it(ray_local, synth_bank, synth_shards, tmp_path):
