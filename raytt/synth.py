@@ -83,7 +83,7 @@ class SynthConfig:
 
 
 @dataclass
-class _World:
+class HiddenWorld:
     """Hidden state of every article, drawn once from the seed."""
 
     lengths: np.ndarray
@@ -115,33 +115,35 @@ def article_lengths(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
     return lengths
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length."""
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _world(cfg: SynthConfig) -> _World:
+def hidden_world(cfg: SynthConfig) -> HiddenWorld:
+    """Every article's hidden state, drawn from the seed (the same draw `generate` makes)."""
     rng = np.random.default_rng([cfg.seed, 0])
     lengths = article_lengths(cfg, rng)
     n_art, lat = len(lengths), cfg.latent_dim
     projection = np.linalg.qr(rng.standard_normal((cfg.dim, lat)))[0].T.astype(np.float32)
-    topic_centre = _unit(rng.standard_normal((cfg.num_topics, lat)))
+    topic_centre = unit(rng.standard_normal((cfg.num_topics, lat)))
     topic_basis = np.stack([np.linalg.qr(rng.standard_normal((lat, cfg.topic_subspace)))[0].T
                             for _ in range(cfg.num_topics)])
     topic = rng.integers(0, cfg.num_topics, n_art)
-    centre = _unit(topic_centre[topic] + cfg.article_spread * rng.standard_normal((n_art, lat)) / np.sqrt(lat))
-    e = _unit(np.einsum("ak,akl->al", rng.standard_normal((n_art, cfg.topic_subspace)), topic_basis[topic]))
+    centre = unit(topic_centre[topic] + cfg.article_spread * rng.standard_normal((n_art, lat)) / np.sqrt(lat))
+    e = unit(np.einsum("ak,akl->al", rng.standard_normal((n_art, cfg.topic_subspace)), topic_basis[topic]))
     f = np.einsum("ak,akl->al", rng.standard_normal((n_art, cfg.topic_subspace)), topic_basis[topic])
-    f = _unit(f - (f * e).sum(1, keepdims=True) * e)
+    f = unit(f - (f * e).sum(1, keepdims=True) * e)
     speed = rng.uniform(cfg.speed_min, cfg.speed_max, n_art) * rng.choice([-1.0, 1.0], n_art)
     phase0 = rng.uniform(0, 2 * np.pi, n_art)
     has_boiler = rng.random(n_art) < cfg.boilerplate_rate
     boiler_at = np.where(has_boiler, (rng.random(n_art) * lengths).astype(np.int64), -1)
     boiler_id = rng.integers(0, cfg.boilerplate_templates, n_art)
-    templates = _unit(rng.standard_normal((cfg.boilerplate_templates, cfg.dim))).astype(np.float32)
-    return _World(lengths, projection, centre, e, f, speed, phase0, boiler_at, boiler_id, templates)
+    templates = unit(rng.standard_normal((cfg.boilerplate_templates, cfg.dim))).astype(np.float32)
+    return HiddenWorld(lengths, projection, centre, e, f, speed, phase0, boiler_at, boiler_id, templates)
 
 
-def _block(cfg: SynthConfig, world: _World, first: int, last: int, rng: np.random.Generator):
+def _block(cfg: SynthConfig, world: HiddenWorld, first: int, last: int, rng: np.random.Generator):
     """Chunks of articles [first, last): (article ids, positions, vectors, oracle latents)."""
     lengths = world.lengths[first:last]
     art = np.repeat(np.arange(first, last), lengths)
@@ -186,7 +188,7 @@ def _plant_quotes(vectors: np.ndarray, art: np.ndarray, cfg: SynthConfig, rng: n
 
 def generate(cfg: SynthConfig, out: str | Path, overwrite: bool = False, progress=print) -> BankManifest:
     """Write the synthetic bank (plus its oracle state under `synth/`) to `out`, atomically."""
-    world = _world(cfg)
+    world = hidden_world(cfg)
     n_art = len(world.lengths)
     block_of = (np.cumsum(world.lengths) - world.lengths) // BLOCK_ROWS
     block_edges = [0, *(np.flatnonzero(np.diff(block_of)) + 1).tolist(), n_art]
@@ -222,7 +224,42 @@ class OraclePredictor:
     def predict(self, target_keys: np.ndarray) -> np.ndarray:
         """Unit query vectors [Q, D] for the given target keys (each target must have position >= 1)."""
         keys = np.asarray(target_keys, dtype=np.int64)
-        return _unit(np.asarray(self.latent[keys]) @ self.projection).astype(np.float32)
+        return unit(np.asarray(self.latent[keys]) @ self.projection).astype(np.float32)
+
+
+def context_oracle(bank_dir: str | Path, target_keys: np.ndarray, context_lengths: np.ndarray) -> np.ndarray:
+    """The oracle with the speed hidden: it estimates each article's rotation from the context's phases.
+
+    It knows the centre, the plane and the (noise-free) phases of the context chunks, and steps the
+    last phase by their mean step, as a model must. With one context chunk it turns the positive way.
+    Its gap to `OraclePredictor` is what k chunks cannot reveal: a ceiling for trained towers.
+    """
+    folder = Path(bank_dir) / ORACLE_DIR
+    cfg = SynthConfig(**json.loads((folder / "generator.json").read_text())["config"])
+    world = hidden_world(cfg)
+    latent_next = np.load(folder / "oracle_latent.npy", mmap_mode="r")
+    article = np.repeat(np.arange(len(world.lengths)), world.lengths)
+    radius = np.sqrt(1.0 - cfg.centre_weight**2)
+
+    def phase_before(rows: np.ndarray) -> np.ndarray:
+        """Phase of chunk row-1, read off the oracle latent of `row` (that phase plus the speed)."""
+        a = article[rows]
+        theme = (np.asarray(latent_next[rows]) - cfg.centre_weight * world.centre[a]) / radius
+        return np.arctan2((theme * world.plane_f[a]).sum(1), (theme * world.plane_e[a]).sum(1)) - world.speed[a]
+
+    target = np.asarray(target_keys, dtype=np.int64)
+    lengths = np.asarray(context_lengths, dtype=np.int64)
+    a = article[target]
+    steps = np.zeros(len(target))
+    for back in range(1, int(lengths.max(initial=1))):
+        real = lengths > back
+        later = phase_before(np.where(real, target - back + 1, target))
+        earlier = phase_before(np.where(real, target - back, target))
+        steps += np.where(real, np.angle(np.exp(1j * (later - earlier))), 0.0)
+    speed = np.where(lengths > 1, steps / np.maximum(lengths - 1, 1), np.abs(world.speed[a]))
+    phase = phase_before(target) + speed
+    theme = np.cos(phase)[:, None] * world.plane_e[a] + np.sin(phase)[:, None] * world.plane_f[a]
+    return unit((cfg.centre_weight * world.centre[a] + radius * theme) @ world.projection).astype(np.float32)
 
 
 def heuristic_report(bank_dir: str | Path, num_queries: int = 2000, context_len: int = 5,

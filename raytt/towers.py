@@ -1,7 +1,7 @@
 """Query and doc towers. Every output lives in the bank's space and is L2-normalised.
 
 The parameter-free query towers (`last`, `mean`, `exp`) are the heuristic baselines run through
-the same code path as the trained ones (`gru`, `lstm`, `transformer`), so a trained tower is always
+the same code path as the trained ones (`gru`, `lstm`, `transformer`, `mix`), so a trained tower is always
 compared on equal terms. `TwoTower.encode_queries` is the one function that turns context vectors
 into query vectors, for training, validation, evaluation and export alike.
 """
@@ -17,18 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-QueryKind = Literal["last", "mean", "exp", "gru", "lstm", "transformer"]
+QueryKind = Literal["last", "mean", "exp", "gru", "lstm", "transformer", "mix"]
 DocKind = Literal["identity", "mlp"]
 PARAMETER_FREE = ("last", "mean", "exp")
 
 
 @dataclass
 class TowerConfig:
-    query: QueryKind = field(default="gru", metadata={"help": "query tower: last, mean, exp, gru, lstm, transformer"})
+    query: QueryKind = field(default="gru", metadata={"help": "query tower: last|mean|exp|gru|lstm|transformer|mix"})
     alpha: float = field(default=0.5, metadata={"help": "exp tower: weight alpha**d for the chunk d steps back"})
     hidden: int = field(default=0, metadata={"help": "hidden width of trainable towers (0 = bank dim)"})
     layers: int = field(default=1, metadata={"help": "recurrent / transformer layers"})
     heads: int = field(default=4, metadata={"help": "transformer attention heads"})
+    window: int = field(default=8, metadata={
+        "help": "mix tower: how many of the last chunks it reads (their pairwise dot products set the weights)"})
     dropout: float = field(default=0.0, metadata={"help": "dropout inside trainable towers"})
     residual: bool = field(default=True, metadata={"help": "add a heuristic base (see residual_alpha) to the output"})
     residual_alpha: float = field(default=0.0, metadata={
@@ -44,8 +46,8 @@ class TowerConfig:
             raise ValueError(f"tower.residual_alpha must be in [0, 1], got {self.residual_alpha}")
         if self.gate and not self.residual:
             raise ValueError("tower.gate needs tower.residual: the gate blends a correction into the residual base")
-        if self.hidden < 0 or self.layers < 1 or self.heads < 1:
-            raise ValueError("tower.hidden must be >= 0, tower.layers and tower.heads >= 1")
+        if self.hidden < 0 or self.layers < 1 or self.heads < 1 or self.window < 1:
+            raise ValueError("tower.hidden must be >= 0, tower.layers, tower.heads and tower.window >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"tower.dropout must be in [0, 1), got {self.dropout}")
 
@@ -109,6 +111,32 @@ class CausalTransformer(nn.Module):
         return self.out(self.encoder(x, mask=blocked)[:, -1])
 
 
+class AdaptiveMix(nn.Module):
+    """Adaptive linear prediction: the next vector as a weighted sum of the last `window` context vectors.
+
+    The weights come from an MLP over the context's Gram matrix (pairwise dot products after a learned
+    linear denoising map, identity at start). The Gram matrix says how fast and which way an article
+    moves wherever it sits in the space, so the same weights serve every region of the bank.
+    """
+
+    def __init__(self, dim: int, hidden: int, window: int) -> None:
+        super().__init__()
+        self.window = window
+        self.denoise = nn.Linear(dim, dim, bias=False)
+        nn.init.eye_(self.denoise.weight)
+        self.weights = nn.Sequential(nn.Linear(window * window + window, hidden), nn.GELU(),
+                                     nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, window))
+
+    def forward(self, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        w = self.window
+        context = F.pad(context[:, -w:], (0, 0, max(0, w - context.shape[1]), 0))
+        real = real_mask(lengths.clamp(max=w), w).to(context.dtype)
+        h = self.denoise(context) * real[..., None]
+        gram = torch.einsum("bid,bjd->bij", h, h).flatten(1)
+        alpha = self.weights(torch.cat([gram, real], 1)) * real
+        return torch.einsum("bk,bkd->bd", alpha, h)
+
+
 class QueryTower(nn.Module):
     """Context [B, k, D] (left-padded) + lengths [B] -> unit query vectors [B, D]."""
 
@@ -127,6 +155,8 @@ class QueryTower(nn.Module):
             self.body = WeightedMean(cfg.alpha)
         elif cfg.query in ("gru", "lstm"):
             self.body = Recurrent(cfg.query, dim, hidden, cfg.layers, cfg.dropout)
+        elif cfg.query == "mix":
+            self.body = AdaptiveMix(dim, hidden, cfg.window)
         else:
             self.body = CausalTransformer(dim, hidden, cfg.layers, cfg.heads, cfg.dropout)
 

@@ -74,3 +74,20 @@ def test_quotes_plant_cross_article_twins(tmp_path):
     assert len(a) >= 0.8 * 3000 * 0.2 / 2, "about quote_rate/2 of the chunks have a twin"
     assert (a != b).all(), "twins sit in different articles"
     assert len(twins(0.0)[0]) == 0
+
+
+def test_context_oracle_is_the_oracle_when_speed_is_readable_and_falls_short_when_jittered(tmp_path):
+    """Without phase jitter the context's phases give the exact speed; with jitter the estimate costs recall."""
+    from raytt.sequences import sample_windows
+    from raytt.synth import context_oracle
+
+    for jitter in (0.0, 0.3):
+        path = tmp_path / f"j{jitter}"
+        generate(SynthConfig(**{**SMALL.__dict__, "phase_jitter": jitter}), path, progress=QUIET)
+        _, lengths, target = sample_windows(load_bank(path), 5, 400, seed=0)
+        deep = lengths >= 2
+        gap = np.abs(context_oracle(path, target, lengths) - OraclePredictor(path).predict(target))[deep].max()
+        if jitter == 0.0:
+            assert gap < 1e-4
+        else:
+            assert gap > 0.05

@@ -28,7 +28,7 @@ def test_parameter_free_towers_equal_the_heuristics(kind, reference):
     np.testing.assert_allclose(got, reference(ctx, lengths), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["gru", "transformer"])
+@pytest.mark.parametrize("kind", ["gru", "transformer", "mix"])
 def test_a_gated_tower_starts_exactly_at_its_heuristic_base(kind):
     """`gate`: the trained correction is scaled by a learned scalar starting at 0, so step 0 is the heuristic."""
     bank, keys, lengths = _context(np.random.default_rng(1))
@@ -42,7 +42,7 @@ def test_a_gated_tower_starts_exactly_at_its_heuristic_base(kind):
         TowerConfig(gate=True, residual=False)
 
 
-@pytest.mark.parametrize("kind", ["gru", "lstm", "transformer"])
+@pytest.mark.parametrize("kind", ["gru", "lstm", "transformer", "mix"])
 def test_trainable_towers_are_unit_and_ignore_padding(kind):
     torch.manual_seed(0)
     bank, keys, lengths = _context(np.random.default_rng(1))
@@ -50,7 +50,7 @@ def test_trainable_towers_are_unit_and_ignore_padding(kind):
     out = query_vectors(model, bank, keys, lengths)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-    if kind == "transformer":
+    if kind in ("transformer", "mix"):
         ctx = gather(torch.as_tensor(bank), torch.as_tensor(keys))
         noisy = ctx.clone()
         pad = torch.as_tensor(keys < 0)
@@ -59,6 +59,25 @@ def test_trainable_towers_are_unit_and_ignore_padding(kind):
             a = model.encode_queries(ctx, torch.as_tensor(lengths))
             b = model.encode_queries(noisy, torch.as_tensor(lengths))
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [3, 8])
+def test_mix_tower_predicts_inside_the_span_of_its_last_window_chunks(window):
+    """`mix`: the raw output is a weighted sum of the last `window` real context vectors."""
+    torch.manual_seed(0)
+    bank, keys, lengths = _context(np.random.default_rng(3), q=32, k=5, d=12)
+    model = TwoTower(TowerConfig(query="mix", hidden=16, window=window, residual=False), bank.shape[1]).eval()
+    ctx = gather(torch.as_tensor(bank), torch.as_tensor(keys))
+    with torch.no_grad():
+        raw = model.query.body(ctx, torch.as_tensor(lengths)).numpy()
+        older = ctx.clone()
+        older[:, : max(0, 5 - window)] = torch.randn(len(keys), max(0, 5 - window), bank.shape[1])
+        np.testing.assert_allclose(model.query.body(older, torch.as_tensor(lengths)).numpy(), raw, atol=1e-5)
+    for row, n in zip(range(len(keys)), lengths):
+        span = ctx[row, 5 - min(n, window):].numpy().T
+        coef = np.linalg.lstsq(span, raw[row], rcond=None)[0]
+        np.testing.assert_allclose(span @ coef, raw[row], atol=1e-4)
+    assert np.abs(raw).max() > 1e-3
 
 
 @pytest.mark.parametrize("doc", ["identity", "mlp"])
@@ -79,5 +98,7 @@ def test_training_forward_and_retrieval_compute_the_same_vectors(doc):
 def test_tower_config_rejects_bad_values():
     with pytest.raises(ValueError):
         TowerConfig(alpha=0.0)
+    with pytest.raises(ValueError, match="window"):
+        TowerConfig(query="mix", window=0)
     with pytest.raises(ValueError, match="divisible"):
         TwoTower(TowerConfig(query="transformer", hidden=10, heads=4), 8)
