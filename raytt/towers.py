@@ -119,13 +119,14 @@ class AdaptiveMix(nn.Module):
     moves wherever it sits in the space, so the same weights serve every region of the bank.
     """
 
-    def __init__(self, dim: int, hidden: int, window: int) -> None:
+    def __init__(self, dim: int, hidden: int, window: int, dropout: float) -> None:
         super().__init__()
         self.window = window
         self.denoise = nn.Linear(dim, dim, bias=False)
         nn.init.eye_(self.denoise.weight)
-        self.weights = nn.Sequential(nn.Linear(window * window + window, hidden), nn.GELU(),
-                                     nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, window))
+        self.weights = nn.Sequential(nn.Linear(window * window + window, hidden), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, window))
 
     def forward(self, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         w = self.window
@@ -156,7 +157,7 @@ class QueryTower(nn.Module):
         elif cfg.query in ("gru", "lstm"):
             self.body = Recurrent(cfg.query, dim, hidden, cfg.layers, cfg.dropout)
         elif cfg.query == "mix":
-            self.body = AdaptiveMix(dim, hidden, cfg.window)
+            self.body = AdaptiveMix(dim, hidden, cfg.window, cfg.dropout)
         else:
             self.body = CausalTransformer(dim, hidden, cfg.layers, cfg.heads, cfg.dropout)
 
