@@ -28,7 +28,7 @@ from raytt.retrieval import recall_at, truth_ranks
 from raytt.runconfig import TrainConfig
 from raytt.sequences import open_shards
 from raytt.synth import OraclePredictor, context_oracle
-from raytt.towers import query_vectors
+from raytt.towers import index_vectors, query_vectors
 
 
 def main() -> None:
@@ -46,7 +46,8 @@ def main() -> None:
         "oracle": OraclePredictor(bank_dir).predict(queries.target),
         "context oracle": context_oracle(bank_dir, queries.target, queries.lengths),
     }
-    ranks = {name: truth_ranks(q, queries.target, bank.vectors) for name, q in predictors.items()}
+    index = {"model": index_vectors(model, bank.vectors)}   # the model ranks in its doc tower's space, as in eval
+    ranks = {name: truth_ranks(q, queries.target, index.get(name, bank.vectors)) for name, q in predictors.items()}
     print(f"{run}: {len(queries.target):,} test queries, full bank of {len(bank.vectors):,}; "
           "R@10 and its ratio to the oracle's")
     print(f"{'context':>8} {'queries':>8} {'oracle':>8} {'context oracle':>16} {'model':>14}")
