@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/raytt demo --out runs/demo
 
+# Each test has its own 10-minute limit (pytest-timeout); `timeout` bounds the whole suite as well.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	timeout --kill-after=60 60m $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/build_scale.py

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raytt import config
+from raytt import config, runlog
 from raytt.bank import load_bank, scan_bank
 from raytt.mining import MiningConfig
 from raytt.mining.pool import Miner, MinerPool, model_state
@@ -95,7 +94,7 @@ def step_rate(bank_dir: Path, shards_dir: Path, storage: Path, name: str, mining
         "tower.query=gru", "tower.residual=false", "loss.tau=0.1", f"optim.max_steps={steps}", f"log_every={window}",
         "checkpoint_every=100000", "val_queries=200", "optim.epochs=1000", "mining.actor_cpus=1", *mining])
     train(cfg, progress=QUIET)
-    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = runlog.read(cfg.run_dir / "metrics.jsonl")
     rates = [r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r][1:]
     mined = next((r for r in rows if "mining/requests" in r), {})
     return float(np.mean(rates)), mined

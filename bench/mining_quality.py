@@ -15,12 +15,11 @@ fallback rate is printed); on a cluster the miners keep up without waiting.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
-from raytt import config
+from raytt import config, runlog
 from raytt.bank import scan_bank
 from raytt.commands import evaluate
 from raytt.runconfig import TrainConfig
@@ -38,7 +37,7 @@ def run(name: str, bank: Path, shards: Path, storage: Path, extra: list[str]) ->
     cfg = config.load(TrainConfig, Path(__file__).parents[1] / "configs" / "demo.yaml",
                       [f"name={name}", f"storage={storage}", f"data.bank={bank}", f"data.shards={shards}", *MEASURED_WITH, *extra])
     train(cfg, progress=QUIET)
-    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = runlog.read(cfg.run_dir / "metrics.jsonl")
     mined = [r for r in rows if r.get("mining/requests")]
     fallback = sum(r["mining/fallback_rate"] * r["mining/requests"] for r in mined) / max(
         1, sum(r["mining/requests"] for r in mined))

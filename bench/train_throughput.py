@@ -17,7 +17,6 @@ when there are 2 GPUs), and `--precision bf16` puts both under bf16 autocast.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raytt import config
+from raytt import config, runlog
 from raytt.bank import load_bank, scan_bank
 from raytt.losses import Batch, LossConfig, objective
 from raytt.runconfig import TrainConfig
@@ -91,7 +90,7 @@ def raytt_run(bank_dir: Path, shards_dir: Path, storage: Path, name: str, worker
         f"use_gpu={device == 'cuda'}", f"precision={precision}",
         f"log_every={window}", "checkpoint_every=100000", "val_queries=200", "optim.epochs=1000"])
     train(cfg, progress=lambda *_: None)
-    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = runlog.read(cfg.run_dir / "metrics.jsonl")
     rates = [r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r][1:]
     return float(np.mean(rates))
 

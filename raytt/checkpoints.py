@@ -9,24 +9,92 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from raytt import config
 from raytt.errors import RayttError
-from raytt.storage import download, read_json, upload, write_json
+from raytt.storage import download, list_names, read_json, upload, write_json
 from raytt.towers import TowerConfig, TwoTower
 
 MODEL, STATE, META = "model.pt", "train_state.pt", "meta.json"
 PREFIX = "checkpoint_"
 
 
-def save(folder: Path, model: torch.nn.Module, state: dict, meta: dict) -> None:
-    """Write one checkpoint into an existing (temporary) folder."""
-    torch.save(model.state_dict(), folder / MODEL)
-    torch.save(state, folder / STATE)
-    write_json(folder / META, meta)
+class CheckpointError(RayttError):
+    """A checkpoint cannot be read back, or cannot be written."""
+
+
+def name(step: int) -> str:
+    """The directory name of the checkpoint taken at `step` (zero-padded: names sort by step)."""
+    return f"{PREFIX}{step:09d}"
+
+
+def save(folder: Path, model: torch.nn.Module, state: dict, meta: dict, dest: str | Path | None = None) -> None:
+    """Write one checkpoint into an existing (temporary) folder that becomes `dest`.
+
+    A failed write (a full disk) is a CheckpointError naming `dest`; the caller's temporary folder is
+    discarded, so the checkpoints already there stay as they were.
+    """
+    try:
+        torch.save(model.state_dict(), folder / MODEL)
+        torch.save(state, folder / STATE)
+        write_json(folder / META, meta)
+    except OSError as exc:
+        raise CheckpointError(f"{dest or folder}: cannot write the checkpoint of step {meta.get('step')} "
+                              f"({exc.strerror or exc}); the checkpoints written before it are intact") from exc
+
+
+def read(folder: Path, device: str | torch.device = "cpu") -> tuple[dict, dict, dict]:
+    """(weights, train state, meta) of a checkpoint, or a CheckpointError saying which file is unreadable."""
+    folder = Path(folder)
+    loaded = []
+    for file in (MODEL, STATE):
+        try:
+            loaded.append(torch.load(folder / file, weights_only=True, map_location=device))
+        except FileNotFoundError:
+            raise CheckpointError(f"{folder.name}: {file} is missing") from None
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for truncated or corrupt files
+            raise CheckpointError(f"{folder.name}: {file} cannot be read ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:120]})") from None
+    meta = read_meta(folder)
+    if not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"{folder.name}: {META} has no step")
+    return loaded[0], loaded[1], meta
+
+
+def newest_first(folders: list[Path]) -> list[Path]:
+    return sorted(folders, key=lambda p: p.name, reverse=True)
+
+
+def found(run_dir: Path) -> list[Path]:
+    """The checkpoint directories of a run, newest first (complete or not: see `first_readable`)."""
+    return newest_first([p for p in Path(run_dir).glob(f"{PREFIX}*") if p.is_dir()])
+
+
+def first_readable(folders: Iterator[Path], warn: Callable[[str], None] = print,
+                   device: str | torch.device = "cpu") -> tuple[Path, tuple[dict, dict, dict]] | None:
+    """The first checkpoint of `folders` that reads back, with its contents; None when there is none.
+
+    Unreadable ones (truncated, corrupt, half-written) are skipped with a warning that names them and
+    the one used instead. When every one is unreadable, a CheckpointError lists them all.
+    """
+    bad: list[str] = []
+    for folder in folders:
+        try:
+            contents = read(folder, device)
+        except RayttError as exc:
+            bad.append(str(exc))
+            continue
+        if bad:
+            warn(f"checkpoints: skipping unreadable {'; '.join(bad)}; resuming from {folder.name} instead")
+        return folder, contents
+    if bad:
+        raise CheckpointError(f"no checkpoint of this run can be read ({'; '.join(bad)}); delete them (or the run "
+                              f"directory) to start over")
+    return None
 
 
 def rng_state() -> dict:
@@ -77,10 +145,17 @@ def push(run_dir: Path, remote: str | None) -> None:
         upload(run_dir, remote, skip=(PREFIX,))
 
 
-def latest(run_dir: Path) -> Path | None:
-    """The checkpoint with the highest step in a run directory, or None."""
-    found = [(read_meta(p)["step"], p) for p in Path(run_dir).glob(f"{PREFIX}*") if (p / META).is_file()]
-    return max(found)[1] if found else None
+def remote_older(remote: str, before: str, run_dir: Path) -> Iterator[Path]:
+    """A URI run's checkpoints named before `before`, newest first, each downloaded into `run_dir` when tried."""
+    for older in sorted((n for n in list_names(remote) if n.startswith(PREFIX) and n < before), reverse=True):
+        download(f"{remote}/{older}", Path(run_dir) / older)
+        yield Path(run_dir) / older
+
+
+def latest(run_dir: Path, warn: Callable[[str], None] = print) -> Path | None:
+    """The newest checkpoint of a run directory that reads back (see `first_readable`), or None."""
+    readable = first_readable(iter(found(run_dir)), warn)
+    return readable[0] if readable else None
 
 
 def resolve(run_dir: Path, which: str) -> Path:

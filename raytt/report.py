@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raytt import runlog
 from raytt.errors import RayttError
 from raytt.evaluate import KS, VIEWS
 from raytt.storage import atomic_dir, read_json, write_json
@@ -130,9 +131,8 @@ def plots(report: dict, ranks: dict[str, np.ndarray], folder: Path, metrics_json
     plt.close(fig)
 
     if metrics_jsonl and metrics_jsonl.is_file():
-        rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
-        steps = [r for r in rows if "train/loss" in r]
-        epochs = [r for r in rows if "val/R@10" in r]
+        steps = runlog.read(metrics_jsonl, "train")
+        epochs = runlog.read(metrics_jsonl, "epoch")
         if steps:
             fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
             a.plot([r["step"] for r in steps], [r["train/loss"] for r in steps])

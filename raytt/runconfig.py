@@ -73,6 +73,9 @@ class TrainConfig(Located):
     checkpoint_every: int = field(default=200, metadata=_help("steps between checkpoints (also at each epoch end)"))
     keep_checkpoints: int = field(default=3, metadata=_help("latest checkpoints kept (the best is kept apart)"))
     max_failures: int = field(default=2, metadata=_help("worker-group restarts from the latest checkpoint"))
+    resource_timeout_s: float = field(default=600.0, metadata=_help(
+        "longest the run waits for a busy cluster's CPUs/GPUs (at the start and after a failure); a request the "
+        "cluster can never meet is refused at once"))
     log_every: int = field(default=50, metadata=_help("steps between progress lines"))
     val_queries: int = field(default=5000, metadata=_help("val rows ranked against the full bank each epoch (0 = all)"))
     best_metric: str = field(default="val/R@10", metadata=_help("metric that picks the best checkpoint (higher wins)"))
@@ -90,6 +93,8 @@ class TrainConfig(Located):
             raise ValueError("workers must be >= 0 and threads_per_worker >= 1")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.max_failures < 0 or self.log_every < 1:
             raise ValueError("checkpoint_every, keep_checkpoints, log_every must be >= 1; max_failures >= 0")
+        if self.resource_timeout_s <= 0:
+            raise ValueError(f"resource_timeout_s must be > 0, got {self.resource_timeout_s}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.remote and self.workers == 0:

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raytt.bank import Bank, BankManifest, BankMeta
@@ -243,12 +244,46 @@ def build_shards(meta: BankMeta, out: str | Path, cfg: BuildConfig, overwrite: b
                 writers[s].write(*_windows(plan, batch, cfg.context_len, cfg.min_context))
             writers[s].close()
         manifest = _manifest(meta.manifest, meta.path, cfg, articles, writers)
+        check_split_rows(ShardSet(tmp, manifest), where)
         write_json(tmp / "manifest.json", manifest)
     return ShardSet(Path(out), manifest)
 
 
-def open_shards(path: str | Path, bank: BankManifest | None = None) -> ShardSet:
-    """Open shards, re-checking split disjointness and (given the bank) that they were built from it."""
+def check_split_rows(shards: ShardSet, where: str) -> None:
+    """The leak gate on the data itself: read every split's article ids (one column) from the rows.
+
+    Refuses an article with rows in two splits, rows of an article the manifest does not list under
+    that split, and split files holding another number of rows than the manifest says: the manifest
+    alone cannot be trusted (rows appended to a file, files swapped between splits).
+    """
+    found = {split: _row_articles(shards, split) for split in SPLITS}
+    check_disjoint({s: sorted(ids) for s, (ids, _) in found.items()}, f"{where} (article ids read from the rows)")
+    for split, (ids, rows) in found.items():
+        stray = sorted(ids - set(shards.articles(split)))
+        if stray:
+            raise GateError(f"{where}: split {split!r} holds rows of {len(stray)} article(s) its manifest does not "
+                            f"list (e.g. {stray[:5]}): the rows and the manifest disagree; rebuild the shards")
+        if rows != shards.rows(split):
+            raise GateError(f"{where}: split {split!r} files hold {rows:,} rows, the manifest says "
+                            f"{shards.rows(split):,}: the files were changed after building; rebuild the shards")
+
+
+def _row_articles(shards: ShardSet, split: str) -> tuple[set[str], int]:
+    """The distinct article ids in a split's rows, and its row count."""
+    ids: set[str] = set()
+    rows = 0
+    for file in shards.files(split):
+        try:
+            column = pq.read_table(file, columns=["article_id"]).column("article_id")
+        except (pa.ArrowException, OSError) as exc:
+            raise ShardError(f"{file}: cannot read its article_id column ({exc})") from exc
+        rows += len(column)
+        ids.update(pc.unique(column).to_pylist())
+    return ids, rows
+
+
+def open_shards(path: str | Path, bank: BankManifest | None = None, check_rows: bool = True) -> ShardSet:
+    """Open shards, re-checking split disjointness (in the manifest and in the rows) and the bank they came from."""
     path = Path(path)
     manifest = read_json(path / "manifest.json", "shards", ShardError)
     where = str(path / "manifest.json")
@@ -258,9 +293,12 @@ def open_shards(path: str | Path, bank: BankManifest | None = None) -> ShardSet:
         if key not in manifest:
             raise ShardError(f"{where}: manifest lacks {key!r}")
     check_disjoint({s: manifest["splits"].get(s, {}).get("articles", []) for s in SPLITS}, where)
+    shards = ShardSet(path, manifest)
+    if check_rows:
+        check_split_rows(shards, where)
     if bank is not None:
         check_provenance(manifest, bank, where)
-    return ShardSet(path, manifest)
+    return shards
 
 
 def check_provenance(manifest: dict, bank: BankManifest, where: str) -> None:
@@ -358,6 +396,7 @@ def import_npz(npz_path: str | Path, bank: Bank, out: str | Path, cfg: BuildConf
             writers[s].close()
         manifest = _manifest(bank.manifest, bank.path, cfg, articles, writers, extra={"imported_from": {
             "file": str(npz_path.resolve()), "coverage": merged.coverage, "mean_cosine": merged.mean_cosine}})
+        check_split_rows(ShardSet(tmp, manifest), str(npz_path))
         write_json(tmp / "manifest.json", manifest)
     return ShardSet(Path(out), manifest)
 

@@ -128,6 +128,15 @@ def check_uri(uri: str) -> None:
     _filesystem(uri)
 
 
+def list_names(uri: str) -> list[str]:
+    """The names directly under `uri` (none when it does not exist)."""
+    import pyarrow.fs
+
+    fs, root = _filesystem(uri)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True, recursive=False))
+    return sorted(info.base_name for info in infos)
+
+
 def download(uri: str, local: Path, skip: tuple[str, ...] = ()) -> int:
     """Copy the files under `uri` into `local` (top-level names starting with `skip` left out); returns the count."""
     import pyarrow.fs

@@ -9,12 +9,15 @@ ends with full-bank validation on the val split and a checkpoint; the best one i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import json
 import math
+import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -25,7 +28,7 @@ import torch
 import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from raytt import checkpoints, config
+from raytt import checkpoints, config, runlog
 from raytt.bank import load_bank
 from raytt.errors import ConfigError, RayttError
 from raytt.evaluate import KS, in_batch_accuracy, load_queries
@@ -34,6 +37,8 @@ from raytt.mining.article import ArticleNegatives
 from raytt.mining.client import MiningClient
 from raytt.mining.pool import MinerPool
 from raytt.mining.select import BankLayout
+from raytt.resources import (Ask, Request, ResourceError, check, cluster_capacity, joins_cluster, private_capacity,
+                             wait_until_free)
 from raytt.retrieval import as_tensor, mrr_at, recall_at, scan
 from raytt.runconfig import TrainConfig
 from raytt.sequences import check_provenance, open_shards
@@ -43,6 +48,7 @@ from raytt.towers import TwoTower, describe, gather, index_vectors, query_vector
 
 Progress = Callable[[str], None]
 COLUMNS = ["context_keys", "context_len", "target_key"]
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"   # read by Ray Train's controller
 SAME_RUN_FIELDS = ("tower", "loss", "data")
 
 
@@ -87,24 +93,44 @@ class Worker:
         if self.rank == 0:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             checkpoints.pull(cfg.remote, cfg.run_dir)
+        self.metrics_path = cfg.run_dir / "metrics.jsonl"
+        self.attempt = runlog.next_attempt(self.metrics_path) if self.rank == 0 else 0
         self._restore(ray.train.get_checkpoint(), loop["resume"])
+        if self.rank == 0:
+            runlog.append(self.metrics_path, {"step": self.step, "epoch": self.epoch}, "start", self.attempt)
 
     def _restore(self, reported, resume: str | None) -> None:
-        """Continue from Ray's latest checkpoint (after a worker failure) or the run's latest (on re-run)."""
+        """Continue from Ray's latest checkpoint (after a worker failure) or the run's latest (on re-run).
+
+        An unreadable checkpoint is skipped for the newest readable one before it, with a warning.
+        """
         if reported is not None:
             with reported.as_directory() as folder:
-                self._load(Path(folder))
+                tries = self._fallbacks(Path(folder), Path(reported.path).name)
+                readable = checkpoints.first_readable(tries, self.log, self.device)
         elif resume:
-            self._load(Path(resume))
+            readable = checkpoints.first_readable(self._fallbacks(Path(resume), Path(resume).name), self.log,
+                                                  self.device)
+        else:
+            return
+        if readable:
+            self._apply(*readable)
+
+    def _fallbacks(self, first: Path, name: str):
+        """`first` (the checkpoint called `name`), then the run's older ones, newest first."""
+        yield first
+        if self.cfg.remote:
+            yield from checkpoints.remote_older(self.cfg.remote, name, self.cfg.run_dir)
+        else:
+            yield from (p for p in checkpoints.found(self.cfg.run_dir) if p.name < name)
 
     @property
     def served(self) -> TwoTower:
         """The weights validation, best/ and checkpoints hold: the moving average when `optim.ema` is on."""
         return self.ema if self.ema is not None else self.model
 
-    def _load(self, folder: Path) -> None:
-        weights = torch.load(folder / checkpoints.MODEL, weights_only=True, map_location=self.device)
-        state = checkpoints.load_state(folder)
+    def _apply(self, folder: Path, contents: tuple[dict, dict, dict]) -> None:
+        weights, state, _ = contents
         self.served.load_state_dict(weights)
         self.model.load_state_dict(state.get("train_weights", weights))
         if self.opt:
@@ -253,23 +279,30 @@ class Worker:
         import ray.train
 
         if self.rank == 0:
-            _append_jsonl(self.cfg.run_dir / "metrics.jsonl", metrics)
+            runlog.append(self.metrics_path, metrics, "epoch" if epoch_end else "train", self.attempt)
         if self.tune and not epoch_end:
             return
         if not (checkpoint and self.rank == 0):
             ray.train.report(metrics)
             return
-        name = f"{checkpoints.PREFIX}{self.step:09d}"
+        name = checkpoints.name(self.step)
+        dest = f"{self.cfg.remote}/{name}" if self.cfg.remote else self.cfg.run_dir / name
         meta = self.meta(metrics)
         if self.local:
             with atomic_dir(self.cfg.run_dir / name, overwrite=True) as tmp:
-                checkpoints.save(tmp, self.served, self.state(), meta)
+                checkpoints.save(tmp, self.served, self.state(), meta, dest)
             _prune(self.cfg.run_dir, self.cfg.keep_checkpoints)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(self.cfg.run_dir / name))
             return
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoints.save(Path(tmp), self.served, self.state(), meta)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+            checkpoints.save(Path(tmp), self.served, self.state(), meta, dest)
+            try:
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=name)
+            except OSError as exc:
+                raise checkpoints.CheckpointError(f"{dest}: cannot persist the checkpoint of step {self.step} "
+                                                  f"({exc.strerror or exc}); the checkpoints written before it are "
+                                                  f"intact") from exc
         checkpoints.push(self.cfg.run_dir, self.cfg.remote)
 
     def keep_best(self, metrics: dict) -> None:
@@ -281,7 +314,7 @@ class Worker:
             return
         self.best, self.since_best = value, 0
         with atomic_dir(self.cfg.run_dir / "best", overwrite=True) as tmp:
-            checkpoints.save(tmp, self.served, {}, self.meta(metrics))
+            checkpoints.save(tmp, self.served, {}, self.meta(metrics), self.cfg.run_dir / "best")
         self.log(f"train: new best {self.cfg.best_metric} = {value:.4f} at step {self.step}, saved to best/")
 
     def maybe_fail(self) -> None:
@@ -410,11 +443,6 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def _prune(run_dir: Path, keep: int) -> None:
     found = sorted(p for p in run_dir.glob(f"{checkpoints.PREFIX}*") if (p / checkpoints.META).is_file())
     for old in found[:-keep]:
@@ -466,12 +494,31 @@ def prepare(cfg: TrainConfig, progress: Progress = print, check_run: bool = True
             "val": (val.context, val.lengths, val.target)}
 
 
-def cpus_needed(cfg: TrainConfig) -> float:
-    """Logical CPUs the run asks Ray for: workers, miners (and a bank encoder), one for Ray Data."""
-    cpus = max(1, cfg.workers) * cfg.threads_per_worker + 1
-    if cfg.mining.curriculum.mines:
-        cpus += cfg.mining.actors * cfg.mining.actor_cpus + (1 if cfg.tower.doc != "identity" else 0)
-    return cpus
+def resource_request(cfg: TrainConfig, trials: int = 1, mines: bool | None = None) -> Request:
+    """What the run asks Ray for at once: its workers (of `trials` concurrent trials), miners, a bank encoder, and
+    a CPU for Ray Data's read tasks when the train split streams from Parquet."""
+    mines = cfg.mining.curriculum.mines if mines is None else mines
+    asks = [Ask("training worker(s)", max(1, cfg.workers) * trials, cfg.threads_per_worker, float(cfg.use_gpu))]
+    if mines:
+        asks.append(Ask("miner(s)", cfg.mining.actors, cfg.mining.actor_cpus, cfg.mining.actor_gpus))
+        if cfg.tower.doc != "identity":
+            asks.append(Ask("bank encoder", 1, min(1.0, cfg.mining.actor_cpus)))
+    if not cfg.data.cache:   # streamed: read tasks run beside the workers all along; cached: read once, before
+        asks.append(Ask("Ray Data reader", 1, 1.0))
+    return Request(tuple(asks))
+
+
+def join_ray(request: Request, timeout_s: float, progress: Progress = print, private_cpus: float = 0) -> None:
+    """Refuse a request this machine or cluster can never meet, join (or start) Ray, wait for free resources.
+
+    A private Ray started here gets at least `private_cpus` logical CPUs (default: the request's).
+    """
+    cpus = max(private_cpus, request.total("CPU"))
+    if not joins_cluster():
+        check(request, private_capacity(cpus))
+    start_ray(cpus)
+    check(request, cluster_capacity())
+    wait_until_free(request, timeout_s, progress)
 
 
 def start_pool(cfg: TrainConfig, bank_ref, progress: Progress = print, force: bool = False) -> MinerPool | None:
@@ -483,9 +530,31 @@ def start_pool(cfg: TrainConfig, bank_ref, progress: Progress = print, force: bo
     return MinerPool(bank_ref, cfg.mining, progress)
 
 
-def make_trainer(cfg: TrainConfig, inputs: dict, bank_ref, pool: MinerPool | None, callbacks: tuple = (),
-                 tune: bool = False):
-    """The run's `TorchTrainer`: Ray Data over the train shards, the shared bank and miners, resume point."""
+def train_dataset(cfg: TrainConfig, inputs: dict):
+    """The train split's key rows as a Ray Dataset: streamed from Parquet, or read once and held (`data.cache`)."""
+    import ray
+
+    dataset = ray.data.read_parquet(inputs["files"]).select_columns(COLUMNS)
+    return dataset.materialize() if cfg.data.cache else dataset
+
+
+def find_resume(cfg: TrainConfig, progress: Progress = print) -> Path | None:
+    """The checkpoint a re-run of this name resumes from (unreadable ones skipped with a warning), said aloud."""
+    resume = checkpoints.latest(cfg.run_dir, warn=progress)
+    if resume:
+        progress(f"train: run {cfg.name!r} exists; resuming from {resume.name}")
+    elif cfg.remote and (cfg.run_dir / "config.yaml").is_file():
+        progress(f"train: run {cfg.name!r} may exist in {cfg.remote}; Ray Train resumes it from its latest checkpoint")
+    return resume
+
+
+def make_trainer(cfg: TrainConfig, inputs: dict, bank_ref, pool: MinerPool | None, resume: Path | None,
+                 callbacks: tuple = (), tune: bool = False):
+    """The run's `TorchTrainer`: Ray Data over the train shards, the shared bank and miners, resume point.
+
+    A worker group that cannot be placed within `resource_timeout_s` (at the start, or after a
+    failure) ends the run instead of waiting forever: Ray Train's start timeout, no controller retries.
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -493,10 +562,8 @@ def make_trainer(cfg: TrainConfig, inputs: dict, bank_ref, pool: MinerPool | Non
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     config.dump(cfg, cfg.run_dir / "config.yaml")
     checkpoints.push(cfg.run_dir, cfg.remote)
-    resume = checkpoints.latest(cfg.run_dir)
-    dataset = ray.data.read_parquet(inputs["files"]).select_columns(COLUMNS)
-    if cfg.data.cache:
-        dataset = dataset.materialize()
+    os.environ[START_TIMEOUT_ENV] = str(cfg.resource_timeout_s)
+    dataset = inputs.get("dataset") or train_dataset(cfg, inputs)
     loop = {"cfg": config.to_dict(cfg), "bank": bank_ref, "val": inputs["val"], "pool": pool, "tune": tune,
             "steps_per_epoch": inputs["train_rows"] // (cfg.data.batch_size * max(1, cfg.workers)),
             "resume": str(resume) if resume else None, "local": cfg.workers == 0}
@@ -507,7 +574,8 @@ def make_trainer(cfg: TrainConfig, inputs: dict, bank_ref, pool: MinerPool | Non
                                      resources_per_worker={"CPU": cfg.threads_per_worker}),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage if cfg.remote else str(cfg.run_dir.parent),
                              callbacks=list(callbacks),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures,
+                                                          controller_failure_limit=0),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)))
 
 
@@ -521,22 +589,21 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
         checkpoints.pull(cfg.remote, cfg.run_dir)
         progress(f"train: run directory {cfg.remote} (checkpoints written there by Ray Train; local mirror {cfg.run_dir})")
     inputs = prepare(cfg, progress)
-    start_ray(cpus_needed(cfg))
-    resume = checkpoints.latest(cfg.run_dir)
-    if resume:
-        progress(f"train: run {cfg.name!r} exists; resuming from {resume.name}")
-    elif cfg.remote and (cfg.run_dir / "config.yaml").is_file():
-        progress(f"train: run {cfg.name!r} exists; Ray Train resumes it from its latest checkpoint in {cfg.remote}")
+    resume = find_resume(cfg, progress)
+    join_ray(resource_request(cfg), cfg.resource_timeout_s, progress)
     bank_ref = ray.put(inputs["bank"])
     pool = start_pool(cfg, bank_ref, progress)
     started = time.perf_counter()
     try:
-        result = make_trainer(cfg, inputs, bank_ref, pool).fit()
+        with _restored_sigint():
+            result = make_trainer(cfg, inputs, bank_ref, pool, resume).fit()
+    except Exception as exc:  # noqa: BLE001 - Ray Train raises its own error types; one clear line for the user
+        raise failure(cfg, exc) from exc
     finally:
         if pool:
             pool.shutdown()
-    if result.error:
-        raise RayttError(f"train: run {cfg.name!r} failed: {result.error}")
+    if result.error:   # local mode (workers: 0) returns its error instead of raising it
+        raise failure(cfg, result.error) from result.error
     checkpoints.pull(cfg.remote, cfg.run_dir)
     summary = _summary(cfg, time.perf_counter() - started)
     write_json(cfg.run_dir / "summary.json", summary)
@@ -547,8 +614,51 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
     return summary
 
 
+@contextlib.contextmanager
+def _restored_sigint():
+    """Put back this process's SIGINT handler after `fit()`.
+
+    Ray Train installs one (Ctrl-C aborts the run) whose closure holds the run's controller actor:
+    left in place, it keeps that actor and its dataset actors alive until the next run replaces it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def failure(cfg: TrainConfig, exc: Exception) -> RayttError:
+    """A failed run as one clear error: the worker's own error, or the resources that never came."""
+    from ray.train import ControllerError, WorkerGroupError
+
+    if isinstance(exc, RayttError):
+        return exc
+    cause = exc
+    if isinstance(exc, WorkerGroupError) and exc.worker_failures:
+        cause = next(iter(exc.worker_failures.values()))
+    elif isinstance(exc, ControllerError):
+        cause = exc.controller_failure
+    if type(cause).__name__ == "WorkerGroupStartupTimeoutError":
+        return ResourceError(f"train: run {cfg.name!r}: its {max(1, cfg.workers)} worker(s) could not be placed within "
+                             f"resource_timeout_s={cfg.resource_timeout_s:g}s (each needs {cfg.threads_per_worker} "
+                             f"CPU{' and 1 GPU' if cfg.use_gpu else ''}); free resources or raise resource_timeout_s")
+    return RayttError(f"train: run {cfg.name!r} failed: {_first_line(cause)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error's own message: a RayttError's text, or the last line of a remote traceback."""
+    if isinstance(exc, RayttError) and exc.args:
+        return str(exc.args[0])
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
+
+
 def _summary(cfg: TrainConfig, seconds: float) -> dict:
-    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = runlog.read(cfg.run_dir / "metrics.jsonl")
     best_meta = checkpoints.read_meta(cfg.run_dir / "best")
     return {"name": cfg.name, "seconds": seconds, "steps": max(r["step"] for r in rows),
             "epochs": max(r["epoch"] for r in rows),

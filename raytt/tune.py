@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ from raytt.storage import Located, check_uri, download, is_uri, locate
 
 SEARCH_FILE = "search.yaml"
 TRIAL_DRIVER_CPU = 0.01   # a trial's own actor only waits on its TorchTrainer; the workers hold the CPUs
+# Tune gives a stopped trial's actor this long to end before killing it (Ray's default: 600 s). Until it ends,
+# its Ray Train controller and worker placement group live on and hold CPUs later trials need.
+FORCE_CLEANUP_ENV, FORCE_CLEANUP_S = "TUNE_FORCE_TRIAL_CLEANUP_S", 60
 Value = str | int | float | bool
 
 
@@ -166,12 +170,29 @@ def check_space(search: SearchConfig, base: dict) -> None:
             cfg.mining.curriculum.check_covers(cfg.optim.epochs, f"space.{key} value")
 
 
+def check_trial_resources(search: SearchConfig, base: dict, trials: str, mines: bool) -> None:
+    """Refuse a search one of whose trials (the base, or the base with one space value) can never be placed."""
+    from raytt.resources import check, cluster_capacity
+    from raytt.train import resource_request
+
+    capacity = cluster_capacity()
+    for key, param in search.space.items():
+        for value in param.values or (param.sample_value(),):
+            cfg = trial_config(base, {key: value}, trials, "check")
+            try:
+                check(resource_request(cfg, mines=mines), capacity)
+            except RayttError as exc:
+                raise type(exc)(f"{search.run_dir / SEARCH_FILE}: a trial with {key} = {value!r}: {exc}") from None
+
+
 def concurrency(search: SearchConfig, base: TrainConfig, cpus: float, gpus: float, miner_cpus: float) -> int:
-    """Trials that fit at once: the cluster's CPUs (less the miners and one for Ray Data) over a trial's."""
+    """Trials that fit at once: the cluster's CPUs (less the miners, and one for Ray Data's reads when trials
+    stream their data) over a trial's workers and its driver."""
     if search.max_concurrent_trials:
         return search.max_concurrent_trials
     workers = max(1, base.workers)
-    by_cpu = (cpus - miner_cpus - 1) // (workers * base.threads_per_worker)
+    reads = 0 if base.data.cache else 1
+    by_cpu = (cpus - miner_cpus - reads) // (workers * base.threads_per_worker + TRIAL_DRIVER_CPU)
     by_gpu = gpus // workers if base.use_gpu else math.inf
     return int(max(1, min(by_cpu, by_gpu)))
 
@@ -181,7 +202,7 @@ def run_trial(params: dict, shared: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raytt.train import make_trainer
+    from raytt.train import find_resume, make_trainer
 
     name = ray.tune.get_context().get_trial_id()
     cfg = trial_config(shared["base"], params, shared["trials"], name)
@@ -190,8 +211,8 @@ def run_trial(params: dict, shared: dict) -> None:
     with open(cfg.run_dir / "starts.log", "a") as log:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} params={json.dumps(params, sort_keys=True)}\n")
     checkpoints.push(cfg.run_dir, cfg.remote)
-    trainer = make_trainer(cfg, shared["inputs"], shared["bank"], shared["pool"], callbacks=[TuneReportCallback()],
-                           tune=True)
+    trainer = make_trainer(cfg, shared["inputs"], shared["bank"], shared["pool"], find_resume(cfg),
+                           callbacks=[TuneReportCallback()], tune=True)
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -202,8 +223,7 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
     import ray
     from ray import tune as rt
 
-    from raytt.session import start_ray
-    from raytt.train import cpus_needed, prepare, start_pool
+    from raytt.train import join_ray, prepare, resource_request, start_pool, train_dataset
 
     if not resume:
         search = dataclasses.replace(search, train=str(Path(search.train).resolve()))
@@ -222,9 +242,12 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
     if not resume:
         config.dump(search, run_dir / SEARCH_FILE)
         checkpoints.push(run_dir, search.remote)
-    forced_miners = base_cfg.mining.actors * base_cfg.mining.actor_cpus if mines and not base_cfg.mining.curriculum.mines \
-        else 0
-    start_ray(cpus_needed(base_cfg) + max(1, base_cfg.workers) * base_cfg.threads_per_worker + forced_miners)
+    join_ray(resource_request(base_cfg, mines=mines), base_cfg.resource_timeout_s, progress,
+             private_cpus=resource_request(base_cfg, trials=2, mines=mines).total("CPU"))
+    check_trial_resources(search, base, trials, mines)
+    if base_cfg.data.cache:   # read once here, before any trial: no trial then needs a free CPU to read
+        inputs["dataset"] = train_dataset(base_cfg, inputs)
+    os.environ.setdefault(FORCE_CLEANUP_ENV, str(FORCE_CLEANUP_S))
     bank_ref = ray.put(inputs["bank"])
     pool = start_pool(base_cfg, bank_ref, progress, force=mines)
     resources = ray.cluster_resources()

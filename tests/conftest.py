@@ -1,7 +1,13 @@
-"""Shared fixtures. Ray runs in token-auth mode with HOME in a temp dir, so tests never touch ~/.ray."""
+"""Shared fixtures. Ray runs in token-auth mode with HOME in a temp dir, so tests never touch ~/.ray.
+
+One Ray instance serves the session, and every test that uses it must give it back as it found it:
+every CPU free, no placement group, no actor of its own left alive. A test that leaks fails, and
+the instance is restarted so the tests after it start clean.
+"""
 
 import os
 import tempfile
+import time
 
 _HOME = tempfile.mkdtemp(prefix="raytt-test-home-")
 os.environ["HOME"] = _HOME
@@ -17,6 +23,10 @@ from raytt.synth import SynthConfig, generate  # noqa: E402
 
 QUIET = lambda *_: None  # noqa: E731
 SMALL = SynthConfig(num_vectors=4000, dim=64, latent_dim=16)
+RAY_CPUS = 3
+RELEASE_S = 120   # the longest a finished test's Ray work may take to hand its resources back
+# Ray's own library singletons (detached, created once per cluster): not a test's leak.
+RAY_SINGLETONS = {"_AutoscalingCoordinatorActor", "_StatsActor", "ActorLocationTracker", "TrainStateActor"}
 
 
 @pytest.fixture(scope="session")
@@ -34,18 +44,87 @@ def synth_shards(synth_bank, tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray instance for the session, sized explicitly: 2 training workers plus a CPU for Ray Data.
+class RayInstance:
+    """The session's local Ray, sized explicitly: 2 training workers plus a CPU for Ray Data.
 
     The dashboard (bound to 127.0.0.1) is on because Ray Train's placement-group cleaner asks its state
-    API whether a trial's controller is still alive: without it, a trial ASHA stops keeps its CPUs.
+    API whether a trial's controller is still alive.
     """
+
+    def __init__(self) -> None:
+        self.up = False
+
+    def start(self):
+        import ray
+
+        if not self.up:
+            ray.init(num_cpus=RAY_CPUS, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+            self.up = True
+        return ray
+
+    def stop(self) -> None:
+        import ray
+
+        ray.shutdown()
+        self.up = False
+
+
+@pytest.fixture(scope="session")
+def ray_instance():
+    instance = RayInstance()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def ray_local(ray_instance):
+    """The session's Ray; the test fails if it leaves placement groups, actors or busy CPUs behind."""
+    ray = ray_instance.start()
+    before = {a["ActorID"] for a in _live_actors()}
+    yield ray
+    leaked = _await_release(before)
+    if leaked:
+        ray_instance.stop()
+        pytest.fail(f"the test left Ray work behind after {RELEASE_S}s: {leaked}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_private_ray(request, ray_instance):
+    """A test that does not ask for `ray_local` must not leave a Ray of its own running in this process."""
     import ray
 
-    ray.init(num_cpus=3, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    yield
+    if ray.is_initialized() and not ray_instance.up:
+        ray.shutdown()
+        pytest.fail("the test started Ray in the test process without the ray_local fixture", pytrace=False)
+
+
+def _live_actors() -> list[dict]:
+    from ray._private import state
+
+    return [a for a in state.actors().values() if a["State"] != "DEAD"]
+
+
+def leftovers(before: set[str]) -> dict:
+    """Placement groups, actors started since `before` (Ray's singletons aside) and CPUs not free."""
+    import ray
+
+    groups = [k for k, v in ray.util.placement_group_table().items() if v["state"] != "REMOVED"]
+    actors = [f"{a['ActorClassName']}({a['State']})" for a in _live_actors()
+              if a["ActorID"] not in before and a["ActorClassName"] not in RAY_SINGLETONS]
+    busy = ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)
+    found = {"placement_groups": groups, "actors": actors, "busy_cpus": busy}
+    return {k: v for k, v in found.items() if v}
+
+
+def _await_release(before: set[str]) -> dict:
+    """Poll until the test's Ray work is gone; what is still there after RELEASE_S is a leak."""
+    deadline = time.monotonic() + RELEASE_S
+    while True:
+        left = leftovers(before)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

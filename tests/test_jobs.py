@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from raytt import runlog
+
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 PORT_FLAGS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
@@ -113,7 +115,7 @@ def test_demo_training_through_ray_job_submit(ray_head, synth_bank, synth_shards
     assert "raytt: joined the Ray cluster" in submitted.stdout and "train: done" in submitted.stdout
 
     run = storage / "submitted"
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = runlog.read(run / "metrics.jsonl")
     assert [r["epoch"] for r in rows if "val/R@10" in r] == [1, 2]
     assert sorted(run.glob("checkpoint_*")) and (run / "best" / "model.pt").is_file()
     summary = json.loads((run / "summary.json").read_text())

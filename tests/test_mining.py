@@ -1,7 +1,6 @@
 """Mining: indexes and miners agree with brute force, filters hold, schedules parse, and no miner failure
 stops a run."""
 
-import json
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import QUIET, unit_rows
+from raytt import runlog
 from raytt import config
 from raytt.bank import load_bank
 from raytt.errors import ConfigError
@@ -240,8 +240,7 @@ def _mining_cfg(bank, shards, storage, **over):
 
 
 def _epochs(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "mining/requests" in r]
+    return [r for r in runlog.read(run_dir / "metrics.jsonl", "epoch") if "mining/requests" in r]
 
 
 @pytest.mark.parametrize("fault, reason, workers", [("kill@12", "actor_died", 2), ("raise@15-25", "error", 0)])

@@ -1,14 +1,14 @@
 """Training: a tiny run converges, re-running resumes, two workers gather candidates and survive a failure."""
 
-import json
 import math
 
 import pytest
 import torch
 
 from conftest import QUIET
-from raytt import config
+from raytt import config, runlog
 from raytt.commands import evaluate
+from raytt.checkpoints import CheckpointError
 from raytt.errors import ConfigError, RayttError
 from raytt.runconfig import TrainConfig
 from raytt.train import _ema_update, train
@@ -22,7 +22,7 @@ def _cfg(bank, shards, storage, **over) -> TrainConfig:
 
 
 def _rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return runlog.read(run_dir / "metrics.jsonl")
 
 
 def test_tiny_run_converges_and_evaluates(ray_local, synth_bank, synth_shards, tmp_path):
@@ -44,8 +44,8 @@ def test_rerunning_a_name_resumes_where_it_stopped(ray_local, synth_bank, synth_
     second = train(_cfg(synth_bank, synth_shards, tmp_path, name="resume", workers=0, **{"optim.epochs": 2}, **cached),
                    progress=QUIET)
     assert second["steps"] == 2 * first["steps"]
-    steps = [r["step"] for r in _rows(tmp_path / "resume")]
-    assert steps == sorted(steps), "a resumed run must not replay steps it had checkpointed"
+    steps = [r["step"] for r in runlog.read_all(tmp_path / "resume" / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == sorted(set(steps)), "a resumed run must not replay steps it had checkpointed"
 
 
 def test_two_workers_gather_candidates_and_survive_an_injected_failure(ray_local, synth_bank, synth_shards, tmp_path,
@@ -60,9 +60,12 @@ def test_two_workers_gather_candidates_and_survive_an_injected_failure(ray_local
     train_rows = [r for r in rows if "train/loss" in r]
     assert {r["train/candidates"] for r in train_rows} == {2 * 64}
     assert (cfg.run_dir / ".injected_failure").exists()
-    steps = [r["step"] for r in train_rows]
-    replayed = [s for i, s in enumerate(steps) if s in steps[:i]]
+    written = [r["step"] for r in runlog.read_all(cfg.run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    replayed = [s for i, s in enumerate(written) if s in written[:i]]
     assert replayed and max(replayed) - min(replayed) < cfg.checkpoint_every
+    steps = [r["step"] for r in train_rows]
+    assert steps == sorted(set(steps)), "readers see each step once, from the attempt that trained it last"
+    assert [r["attempt"] for r in runlog.starts(cfg.run_dir / "metrics.jsonl")] == [1, 2]
     per_epoch = [r["step"] for r in rows if "val/R@10" in r]
     assert summary["steps"] == per_epoch[-1] == 2 * per_epoch[0]
 
@@ -129,8 +132,8 @@ def test_storage_uri_holds_the_run_and_resumes_it(ray_local, synth_bank, synth_s
     assert second["steps"] == 2 * first["steps"], "the second run resumes from the checkpoint in the URI"
     assert {"config.yaml", "metrics.jsonl", "summary.json", "best"} <= {p.name for p in run.iterdir()}
     assert len([p for p in run.glob("checkpoint_*") if p.is_dir()]) == 2
-    steps = [r["step"] for r in _rows(run)]
-    assert steps == sorted(steps) and max(steps) == second["steps"]
+    steps = [r["step"] for r in runlog.read_all(run / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and max(steps) == second["steps"]
     evaluate(run=f"{uri}/remote", split="val", max_queries=200, progress=QUIET)
     assert (run / "eval" / "val" / "report.json").is_file(), "the report is uploaded beside the run"
 
@@ -176,3 +179,58 @@ def test_patience_stops_a_run_whose_validation_stopped_improving(ray_local, synt
     assert summary["epochs"] == 3 and summary["best"]["epoch"] == 1
     last = _rows(cfg.run_dir)[-1]
     assert last["val/excl/R@10"] >= last["val/R@10"], "the context-excluded view is reported beside the other"
+
+
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(ray_local, synth_bank, synth_shards, tmp_path):
+    """A truncated model.pt: the re-run warns, naming both checkpoints, and resumes from the previous one."""
+    over = {"optim.epochs": 1, "checkpoint_every": 20}
+    first = train(_cfg(synth_bank, synth_shards, tmp_path, name="trunc", workers=0, **over), progress=QUIET)
+    saved = sorted(p for p in (tmp_path / "trunc").glob("checkpoint_*") if p.is_dir())
+    assert len(saved) >= 2
+    bad, good = saved[-1], saved[-2]
+    model = bad / "model.pt"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    lines = []
+    second = train(_cfg(synth_bank, synth_shards, tmp_path, name="trunc", workers=0,
+                        **{**over, "optim.epochs": 2}), progress=lines.append)
+    warning = next(line for line in lines if "unreadable" in line)
+    assert bad.name in warning and "model.pt" in warning and good.name in warning
+    assert f"resuming from {good.name}" in "\n".join(lines)
+    assert second["steps"] == 2 * first["steps"]
+    start = runlog.starts(tmp_path / "trunc" / "metrics.jsonl")[-1]
+    assert start["step"] == int(good.name.split("_")[1]), "the resumed attempt starts at the good checkpoint's step"
+
+
+def test_no_readable_checkpoint_is_a_clear_error(ray_local, synth_bank, synth_shards, tmp_path):
+    train(_cfg(synth_bank, synth_shards, tmp_path, name="broken", workers=0, **{"optim.epochs": 1}), progress=QUIET)
+    for folder in (tmp_path / "broken").glob("checkpoint_*"):
+        (folder / "train_state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="no checkpoint of this run can be read.*train_state.pt cannot be read"):
+        train(_cfg(synth_bank, synth_shards, tmp_path, name="broken", workers=0, **{"optim.epochs": 2}),
+              progress=QUIET)
+
+
+def test_a_full_disk_ends_the_run_naming_the_checkpoint_and_keeps_the_earlier_ones(
+        ray_local, synth_bank, synth_shards, tmp_path, monkeypatch):
+    """The third checkpoint write raises ENOSPC: the run stops with an error naming it; the first two stay loadable."""
+    import errno
+
+    from raytt import checkpoints
+
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len([c for c in calls if str(c).endswith("model.pt")]) == 3 and str(f).endswith("train_state.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "save", save)
+    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="full", workers=0, checkpoint_every=10, **{"optim.epochs": 1})
+    with pytest.raises(CheckpointError, match=r"full/checkpoint_000000030: cannot write the checkpoint of step 30 "
+                                              r"\(No space left on device\)"):
+        train(cfg, progress=QUIET)
+    kept = sorted(p.name for p in cfg.run_dir.glob("checkpoint_*"))
+    assert kept == ["checkpoint_000000010", "checkpoint_000000020"], "no partial checkpoint, the earlier ones intact"
+    for name in kept:
+        checkpoints.read(cfg.run_dir / name)
