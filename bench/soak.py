@@ -113,6 +113,7 @@ def steps_lost(run_dir: Path) -> int:
 def run_once(cmd: list[str], run_dir: Path, fault: str | None, at_step: int, rng: random.Random) -> Outcome:
     """One training, with `fault` injected once `at_step` has been logged (None: fault-free)."""
     shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     deadline = started + RUN_LIMIT_S
     log = open(run_dir.parent / f"{run_dir.name}.log", "w")
@@ -139,7 +140,18 @@ def run_once(cmd: list[str], run_dir: Path, fault: str | None, at_step: int, rng
     summary = run_dir / "summary.json"
     steps = read_json(summary, "summary")["steps"] if summary.is_file() else 0
     finished = proc.returncode == 0 and summary.is_file() and loads(run_dir / "best")
+    if fault == "miner":
+        note += f"; {fallbacks(run_dir)}"
     return Outcome(fault or "none", at_step, finished, steps, steps_lost(run_dir), seconds, note)
+
+
+def fallbacks(run_dir: Path) -> str:
+    """The mining fallbacks the run's epochs counted, by reason."""
+    epochs = runlog.read(run_dir / "metrics.jsonl", "epoch")
+    counts = {reason: sum(r.get(f"mining/fallback_{reason}", 0) for r in epochs)
+              for reason in ("actor_died", "timeout", "error", "busy")}
+    return "fallbacks " + ", ".join(f"{k} {v:.0f}" for k, v in counts.items() if v) if any(counts.values()) \
+        else "no fallbacks counted"
 
 
 def loads(best: Path) -> bool:

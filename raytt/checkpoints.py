@@ -145,11 +145,11 @@ def push(run_dir: Path, remote: str | None) -> None:
         upload(run_dir, remote, skip=(PREFIX,))
 
 
-def remote_older(remote: str, before: str, run_dir: Path) -> Iterator[Path]:
-    """A URI run's checkpoints named before `before`, newest first, each downloaded into `run_dir` when tried."""
-    for older in sorted((n for n in list_names(remote) if n.startswith(PREFIX) and n < before), reverse=True):
-        download(f"{remote}/{older}", Path(run_dir) / older)
-        yield Path(run_dir) / older
+def remote_newest_first(remote: str, run_dir: Path) -> Iterator[Path]:
+    """A URI run's checkpoints, newest first, each downloaded into the local mirror `run_dir` when tried."""
+    for name in sorted((n for n in list_names(remote) if n.startswith(PREFIX)), reverse=True):
+        download(f"{remote}/{name}", Path(run_dir) / name)
+        yield Path(run_dir) / name
 
 
 def latest(run_dir: Path, warn: Callable[[str], None] = print) -> Path | None:

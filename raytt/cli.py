@@ -147,12 +147,12 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: RayttError becomes one clear line on stderr and exit status 2."""
+    """Console entry point: RayttError becomes one clear line on stderr and its exit status (2; 130 on Ctrl-C)."""
     try:
         sys.exit(run(argv))
     except RayttError as exc:
         print(f"raytt: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
 
 
 def cluster_address() -> str | None:
@@ -189,7 +189,7 @@ def job(command: str, argv: list[str]) -> None:
         sys.exit(dispatch(args))
     except RayttError as exc:
         print(f"raytt: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 
 class RayttError(Exception):
-    """Base class; the CLI prints these as one clear line and exits 2, no traceback."""
+    """Base class; the CLI prints these as one clear line and exits with `exit_code`, no traceback."""
+
+    exit_code = 2
 
 
 class ConfigError(RayttError):
@@ -19,3 +21,9 @@ class ShardError(RayttError):
 
 class GateError(RayttError):
     """A data gate refused the input: leaked splits, too little data, misaligned vectors."""
+
+
+class Interrupted(RayttError):
+    """The user stopped a run (Ctrl-C); it can be resumed."""
+
+    exit_code = 130

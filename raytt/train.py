@@ -30,7 +30,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raytt import checkpoints, config, runlog
 from raytt.bank import load_bank
-from raytt.errors import ConfigError, RayttError
+from raytt.errors import ConfigError, Interrupted, RayttError
 from raytt.evaluate import KS, in_batch_accuracy, load_queries
 from raytt.losses import Batch, in_batch_accuracy as batch_accuracy, objective
 from raytt.mining.article import ArticleNegatives
@@ -100,29 +100,21 @@ class Worker:
             runlog.append(self.metrics_path, {"step": self.step, "epoch": self.epoch}, "start", self.attempt)
 
     def _restore(self, reported, resume: str | None) -> None:
-        """Continue from Ray's latest checkpoint (after a worker failure) or the run's latest (on re-run).
+        """Continue from the run's newest readable checkpoint after a worker failure (`reported`) or on re-run.
 
-        An unreadable checkpoint is skipped for the newest readable one before it, with a warning.
+        The run's own checkpoints are searched, not only the one Ray hands back: a worker that dies
+        right after persisting a checkpoint can die before Ray's controller has registered it, and Ray
+        would resume from the one before. An unreadable checkpoint is skipped, with a warning.
         """
-        if reported is not None:
-            with reported.as_directory() as folder:
-                tries = self._fallbacks(Path(folder), Path(reported.path).name)
-                readable = checkpoints.first_readable(tries, self.log, self.device)
-        elif resume:
-            readable = checkpoints.first_readable(self._fallbacks(Path(resume), Path(resume).name), self.log,
-                                                  self.device)
-        else:
+        if reported is None and resume is None:
             return
+        if self.cfg.remote:
+            tries = checkpoints.remote_newest_first(self.cfg.remote, self.cfg.run_dir)
+        else:
+            tries = iter(checkpoints.found(self.cfg.run_dir))
+        readable = checkpoints.first_readable(tries, self.log, self.device)
         if readable:
             self._apply(*readable)
-
-    def _fallbacks(self, first: Path, name: str):
-        """`first` (the checkpoint called `name`), then the run's older ones, newest first."""
-        yield first
-        if self.cfg.remote:
-            yield from checkpoints.remote_older(self.cfg.remote, name, self.cfg.run_dir)
-        else:
-            yield from (p for p in checkpoints.found(self.cfg.run_dir) if p.name < name)
 
     @property
     def served(self) -> TwoTower:
@@ -271,16 +263,17 @@ class Worker:
                 "dim": int(self.bank.shape[1])}
 
     def report(self, metrics: dict, checkpoint: bool, epoch_end: bool = False) -> None:
-        """Report to Ray Train; rank 0 attaches the checkpoint (written to a temp dir, persisted by Ray).
+        """Log the row; at checkpoints and epoch ends also report to Ray Train, rank 0 attaching the checkpoint.
 
-        Under Tune only the epoch-end reports (with full-bank validation) go to Ray Train, so the
-        scheduler never compares trials on anything else; every report still lands in metrics.jsonl.
+        Progress rows go to metrics.jsonl alone: `ray.train.report` waits for every worker, and a
+        barrier per progress line costs time. Under Tune only the epoch-end reports (with full-bank
+        validation) reach Ray Train, so the scheduler never compares trials on anything else.
         """
         import ray.train
 
         if self.rank == 0:
             runlog.append(self.metrics_path, metrics, "epoch" if epoch_end else "train", self.attempt)
-        if self.tune and not epoch_end:
+        if not epoch_end and (self.tune or not checkpoint):
             return
         if not (checkpoint and self.rank == 0):
             ray.train.report(metrics)
@@ -597,6 +590,9 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
     try:
         with _restored_sigint():
             result = make_trainer(cfg, inputs, bank_ref, pool, resume).fit()
+    except (KeyboardInterrupt, SystemExit) as exc:   # Ray Train's Ctrl-C handler aborts the run, then exits
+        raise Interrupted(f"train: run {cfg.name!r} interrupted; run the same command again to resume it from its "
+                          f"latest checkpoint") from exc
     except Exception as exc:  # noqa: BLE001 - Ray Train raises its own error types; one clear line for the user
         raise failure(cfg, exc) from exc
     finally:
