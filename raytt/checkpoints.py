@@ -16,7 +16,7 @@ import torch
 
 from raytt import config
 from raytt.errors import RayttError
-from raytt.storage import download, list_names, read_json, upload, write_json
+from raytt.storage import download, list_dirs, read_json, upload, write_json
 from raytt.towers import TowerConfig, TwoTower
 
 MODEL, STATE, META = "model.pt", "train_state.pt", "meta.json"
@@ -147,7 +147,7 @@ def push(run_dir: Path, remote: str | None) -> None:
 
 def remote_newest_first(remote: str, run_dir: Path) -> Iterator[Path]:
     """A URI run's checkpoints, newest first, each downloaded into the local mirror `run_dir` when tried."""
-    for name in sorted((n for n in list_names(remote) if n.startswith(PREFIX)), reverse=True):
+    for name in sorted((n for n in list_dirs(remote) if n.startswith(PREFIX)), reverse=True):
         download(f"{remote}/{name}", Path(run_dir) / name)
         yield Path(run_dir) / name
 

@@ -128,13 +128,13 @@ def check_uri(uri: str) -> None:
     _filesystem(uri)
 
 
-def list_names(uri: str) -> list[str]:
-    """The names directly under `uri` (none when it does not exist)."""
+def list_dirs(uri: str) -> list[str]:
+    """The names of the directories directly under `uri` (none when it does not exist)."""
     import pyarrow.fs
 
     fs, root = _filesystem(uri)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True, recursive=False))
-    return sorted(info.base_name for info in infos)
+    return sorted(info.base_name for info in infos if info.type == pyarrow.fs.FileType.Directory)
 
 
 def download(uri: str, local: Path, skip: tuple[str, ...] = ()) -> int:

@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ray.tune import Callback
+
 from raytt import checkpoints, config
 from raytt.errors import ConfigError, RayttError
 from raytt.runconfig import TrainConfig
+from raytt.session import actor_placement_groups, release_orphaned_placement_groups
 from raytt.storage import Located, check_uri, download, is_uri, locate
 
 SEARCH_FILE = "search.yaml"
@@ -31,6 +34,7 @@ TRIAL_DRIVER_CPU = 0.01   # a trial's own actor only waits on its TorchTrainer; 
 # Tune gives a stopped trial's actor this long to end before killing it (Ray's default: 600 s). Until it ends,
 # its Ray Train controller and worker placement group live on and hold CPUs later trials need.
 FORCE_CLEANUP_ENV, FORCE_CLEANUP_S = "TUNE_FORCE_TRIAL_CLEANUP_S", 60
+RELEASE_EVERY_S = 2.0
 Value = str | int | float | bool
 
 
@@ -271,11 +275,12 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
                              run_config=ray.tune.RunConfig(name=search.name,
                                                            storage_path=search.storage if search.remote
                                                            else str(run_dir.parent),
-                                                           verbose=0))
+                                                           verbose=0, callbacks=[ReleaseEndedTrials()]))
         grid = tuner.fit()
     finally:
         if pool:
             pool.shutdown()
+        release_trial_groups()
     rows = results_table(grid, search, base_cfg)
     write_results(rows, search, base, run_dir)
     checkpoints.push(run_dir, search.remote)
@@ -283,6 +288,31 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
     progress(format_results(rows, search))
     progress(f"tune: done in {time.perf_counter() - started:.0f}s; {where}/results.csv, best config {where}/best.yaml")
     return rows
+
+
+class ReleaseEndedTrials(Callback):
+    """Every few seconds of a search, free the worker placement groups that ended trials left behind.
+
+    A trial that ASHA stops (or that fails) ends its actor, and its Ray Train controller with it; Ray
+    keeps that controller's placement group while the search's job lives (`session`), and later
+    trials would wait for its CPUs. A restored search brings this callback back with its state.
+    """
+
+    def __init__(self, every_s: float = RELEASE_EVERY_S) -> None:
+        self.every_s, self.last = every_s, 0.0
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if time.monotonic() - self.last >= self.every_s:
+            release_orphaned_placement_groups()
+            self.last = time.monotonic()
+
+
+def release_trial_groups(timeout_s: float = 60.0) -> None:
+    """After a search: free every trial's placement group as its controller ends (at most `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while actor_placement_groups() and time.monotonic() < deadline:
+        release_orphaned_placement_groups()
+        time.sleep(0.5)
 
 
 def _tune_config(search: SearchConfig, base: TrainConfig, limit: int):

@@ -25,8 +25,10 @@ QUIET = lambda *_: None  # noqa: E731
 SMALL = SynthConfig(num_vectors=4000, dim=64, latent_dim=16)
 RAY_CPUS = 3
 RELEASE_S = 120   # the longest a finished test's Ray work may take to hand its resources back
-# Ray's own library singletons (detached, created once per cluster): not a test's leak.
-RAY_SINGLETONS = {"_AutoscalingCoordinatorActor", "_StatsActor", "ActorLocationTracker", "TrainStateActor"}
+# Ray's own detached helpers: library singletons (created once per cluster), and Ray Train's placement-group
+# cleaner, which ends itself once the dashboard reports its controller gone. They hold no CPU; not a test's leak.
+RAY_HELPERS = {"_AutoscalingCoordinatorActor", "_StatsActor", "ActorLocationTracker", "TrainStateActor",
+               "PlacementGroupCleaner"}
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +113,7 @@ def leftovers(before: set[str]) -> dict:
 
     groups = [k for k, v in ray.util.placement_group_table().items() if v["state"] != "REMOVED"]
     actors = [f"{a['ActorClassName']}({a['State']})" for a in _live_actors()
-              if a["ActorID"] not in before and a["ActorClassName"] not in RAY_SINGLETONS]
+              if a["ActorID"] not in before and a["ActorClassName"] not in RAY_HELPERS]
     busy = ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)
     found = {"placement_groups": groups, "actors": actors, "busy_cpus": busy}
     return {k: v for k, v in found.items() if v}
