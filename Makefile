@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CODE := raytt tests bench jobs
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast lint docs bench clean
 
 setup: $(STAMP)
 
@@ -13,15 +14,27 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[cpu,test,ingest]'
+	$(BIN)/pip install -q -e '.[cpu,test,ingest,lint,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/raytt demo --out runs/demo
 
-# Each test has its own 10-minute limit (pytest-timeout); `timeout` bounds the whole suite as well.
-test: $(STAMP)
+# CI runs this: the style gate, the docs (strict), then every test. Each test has its own 10-minute
+# limit (pytest-timeout); `timeout` bounds the whole suite as well.
+test: lint docs
 	timeout --kill-after=60 60m $(BIN)/python -m pytest -q
+
+# The edit-test loop: the unit tier (no Ray cluster, no Train/Tune run, no job), about two minutes on 2 cores.
+test-fast: $(STAMP)
+	timeout --kill-after=30 15m $(BIN)/python -m pytest -q -m "not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
 
 bench: $(STAMP)
 	$(BIN)/python bench/build_scale.py
@@ -32,4 +45,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) runs site .pytest_cache .hypothesis

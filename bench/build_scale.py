@@ -36,14 +36,18 @@ CHILD = {
 
 def measure(kind: str, bank: Path, out: Path) -> dict:
     """Run one step in a fresh interpreter; return its wall seconds and peak RSS bytes."""
-    code = textwrap.dedent(f"""
+    code = (
+        textwrap.dedent(f"""
         import json, resource, time
         BANK, OUT = {str(bank)!r}, {str(out)!r}
         t0 = time.perf_counter()
-    """) + textwrap.dedent(CHILD[kind]) + textwrap.dedent("""
+    """)
+        + textwrap.dedent(CHILD[kind])
+        + textwrap.dedent("""
         print(json.dumps({"seconds": time.perf_counter() - t0,
                           "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
     """)
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -55,11 +59,13 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     from raytt.sequences import open_shards
-    from raytt.synth import SynthConfig, generate
+    from raytt.synthetic import SynthConfig, generate
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="raytt-bench-"))
-    print(f"{'vectors':>9} {'rows':>9} {'build rows/s':>13} {'scan rows/s':>12} {'speed ratio':>12} "
-          f"{'bank MiB':>9} {'peak RSS MiB':>13} {'RSS/bank':>9}")
+    print(
+        f"{'vectors':>9} {'rows':>9} {'build rows/s':>13} {'scan rows/s':>12} {'speed ratio':>12} "
+        f"{'bank MiB':>9} {'peak RSS MiB':>13} {'RSS/bank':>9}"
+    )
     for n in [int(s) for s in args.sizes.split(",")]:
         bank, out = work / f"bank-{n}", work / f"shards-{n}"
         if not (bank / "manifest.json").exists():
@@ -69,11 +75,16 @@ def main() -> None:
         shards = open_shards(out)
         rows = sum(shards.rows(s) for s in ("train", "val", "test"))
         bank_bytes = n * args.dim * 4
-        print(f"{n:>9,} {rows:>9,} {rows / built['seconds']:>13,.0f} {rows / scan['seconds']:>12,.0f} "
-              f"{scan['seconds'] / built['seconds']:>12.2f} {bank_bytes / 2**20:>9,.0f} "
-              f"{built['peak_rss'] / 2**20:>13,.0f} {built['peak_rss'] / bank_bytes:>9.2f}", flush=True)
-    print("speed ratio = bare pyarrow scan time / build time (1.0 = build costs no more than reading the bank);"
-          " target RSS/bank <= 2.0")
+        print(
+            f"{n:>9,} {rows:>9,} {rows / built['seconds']:>13,.0f} {rows / scan['seconds']:>12,.0f} "
+            f"{scan['seconds'] / built['seconds']:>12.2f} {bank_bytes / 2**20:>9,.0f} "
+            f"{built['peak_rss'] / 2**20:>13,.0f} {built['peak_rss'] / bank_bytes:>9.2f}",
+            flush=True,
+        )
+    print(
+        "speed ratio = bare pyarrow scan time / build time (1.0 = build costs no more than reading the bank);"
+        " target RSS/bank <= 2.0"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def unit_rows(rng: np.random.Generator, n: int, d: int, block: int = 100_000) ->
     out = np.empty((n, d), dtype=np.float32)
     for s in range(0, n, block):
         v = rng.standard_normal((min(block, n - s), d), dtype=np.float32)
-        out[s:s + block] = v / np.linalg.norm(v, axis=1, keepdims=True)
+        out[s : s + block] = v / np.linalg.norm(v, axis=1, keepdims=True)
     return out
 
 
@@ -57,10 +57,14 @@ def main() -> None:
     bank = unit_rows(rng, args.bank, args.dim)
     truth = rng.integers(0, args.bank, args.queries)
     context = rng.integers(0, args.bank, (args.queries, args.context))
-    regimes = {"realistic (truth + heavy noise)": bank[truth] + 5.0 * unit_rows(rng, args.queries, args.dim),
-               "worst case (random queries)": unit_rows(rng, args.queries, args.dim)}
-    print(f"eval_scale: {args.queries:,} queries x {args.bank:,} x {args.dim} bank, both views + top impostors, "
-          f"{torch.get_num_threads()} threads")
+    regimes = {
+        "realistic (truth + heavy noise)": bank[truth] + 5.0 * unit_rows(rng, args.queries, args.dim),
+        "worst case (random queries)": unit_rows(rng, args.queries, args.dim),
+    }
+    print(
+        f"eval_scale: {args.queries:,} queries x {args.bank:,} x {args.dim} bank, both views + top impostors, "
+        f"{torch.get_num_threads()} threads"
+    )
     for name, queries in regimes.items():
         before = roofline(args.dim)
         start = time.perf_counter()
@@ -68,13 +72,19 @@ def main() -> None:
         seconds = time.perf_counter() - start
         peak_gflops = max(before, roofline(args.dim))
         achieved = 2.0 * args.queries * args.bank * args.dim / seconds / 1e9
-        print(f"  {name}: median rank {np.median(result.ranks):,.0f}, R@10 {np.mean(result.ranks <= 10):.3f}; "
-              f"matmul roofline (best of just before and just after): {peak_gflops:.1f} GFLOP/s")
-        print(f"    {seconds:.1f} s = {args.queries / seconds:,.0f} queries/s; {achieved:.1f} GFLOP/s = "
-              f"{achieved / peak_gflops:.2f} x roofline (target >= 0.6)")
+        print(
+            f"  {name}: median rank {np.median(result.ranks):,.0f}, R@10 {np.mean(result.ranks <= 10):.3f}; "
+            f"matmul roofline (best of just before and just after): {peak_gflops:.1f} GFLOP/s"
+        )
+        print(
+            f"    {seconds:.1f} s = {args.queries / seconds:,.0f} queries/s; {achieved:.1f} GFLOP/s = "
+            f"{achieved / peak_gflops:.2f} x roofline (target >= 0.6)"
+        )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"  peak RSS {rss / 2**30:.2f} GiB vs bank {bank.nbytes / 2**30:.2f} GiB: overhead "
-          f"{(rss - bank.nbytes) / 2**30:.2f} GiB (target <= 1 GiB)")
+    print(
+        f"  peak RSS {rss / 2**30:.2f} GiB vs bank {bank.nbytes / 2**30:.2f} GiB: overhead "
+        f"{(rss - bank.nbytes) / 2**30:.2f} GiB (target <= 1 GiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow.parquet as pq
 
-from raytt.corpus import IngestConfig  # noqa: E402
-from raytt.corpus.embed import load  # noqa: E402
-from raytt.corpus.ingest import ingest, list_documents  # noqa: E402
+from raytt.corpus.config import IngestConfig
+from raytt.corpus.embed import load
+from raytt.corpus.ingest import ingest, list_documents
 
 
 def bare_encode(texts: list[str], embedder: str, batch_size: int) -> float:
@@ -37,7 +37,7 @@ def bare_encode(texts: list[str], embedder: str, batch_size: int) -> float:
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = load(embedder, "cpu")
-    model.encode(texts[:batch_size], batch_size=batch_size, normalize_embeddings=True)   # warm-up
+    model.encode(texts[:batch_size], batch_size=batch_size, normalize_embeddings=True)  # warm-up
     started = time.perf_counter()
     model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
     return time.perf_counter() - started
@@ -59,6 +59,7 @@ def main() -> None:
         link.symlink_to(path)
 
     import ray
+
     ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False, log_to_driver=False)
     raytt_runs = []
     for run in range(2):
@@ -72,8 +73,10 @@ def main() -> None:
     n = manifest.num_vectors
     print(f"ingest: {args.docs} documents -> {n:,} chunks, {manifest.embedder_id}, {os.cpu_count()} cores")
     print(f"  bare SentenceTransformer.encode: {n / bare_s:,.1f} chunks/s ({bare_s:.1f} s)")
-    print(f"  raytt ingest end to end:         {n / raytt_s:,.1f} chunks/s ({raytt_s:.1f} s)  "
-          f"ratio {bare_s / raytt_s:.2f} (target >= 0.8)")
+    print(
+        f"  raytt ingest end to end:         {n / raytt_s:,.1f} chunks/s ({raytt_s:.1f} s)  "
+        f"ratio {bare_s / raytt_s:.2f} (target >= 0.8)"
+    )
 
 
 if __name__ == "__main__":

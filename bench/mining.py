@@ -29,39 +29,40 @@ from pathlib import Path
 
 import numpy as np
 
-from raytt import config, runlog
+from raytt import config
 from raytt.bank import load_bank, scan_bank
-from raytt.mining import MiningConfig
+from raytt.mining.config import MiningConfig
+from raytt.mining.messages import MineRequest, WeightsOffer
 from raytt.mining.pool import Miner, MinerPool, model_state
-from raytt.runconfig import TrainConfig
+from raytt.rundir import RunDir
 from raytt.sequences import BuildConfig, build_shards, sample_windows
-from raytt.synth import SynthConfig, generate
+from raytt.synthetic import SynthConfig, generate
 from raytt.towers import TowerConfig, TwoTower
+from raytt.training.config import TrainConfig
 
-QUIET = lambda *_: None  # noqa: E731
+QUIET = lambda *_: None
 BATCH = 256
 SCHEDULE = "0-999:8@0.0-0.99"
 
 
-def requests(bank, n: int, weights) -> list[dict]:
+def requests(bank, n: int, weights) -> list[MineRequest]:
     """n mining requests of BATCH real windows (context 5), carrying the tower weights to encode with."""
     mining = config.load(MiningConfig, None, [f"schedule={SCHEDULE}"])
     spec = mining.spec(mining.curriculum.at(0))
     out = []
     for i in range(n):
         ctx, lengths, target = sample_windows(bank, 5, BATCH, seed=i)
-        out.append({"context_keys": ctx, "context_len": lengths, "target": target, "spec": spec, "step": i,
-                    "weights": weights, "index": None})
+        out.append(MineRequest(ctx, lengths, target, spec, i, weights))
     return out
 
 
 def pool_vs_in_process(ray, bank, bank_ref, kind: str, n: int) -> tuple[float, float]:
     """(in-process q/s, pool q/s) for the same requests on the same index kind."""
     tower = TowerConfig(query="gru", residual=False)
-    weights = (time.time(), 0, [ray.put(model_state(TwoTower(tower, bank.dim)))], config.to_dict(tower))
+    weights = WeightsOffer(time.time(), 0, ray.put(model_state(TwoTower(tower, bank.dim))), tower)
     reqs = requests(bank, n, weights)
     mining = config.load(MiningConfig, None, [f"schedule={SCHEDULE}", f"index={kind}", "actor_cpus=1"])
-    local = Miner([bank_ref], config.to_dict(mining), 0)
+    local = Miner([bank_ref], mining, 0)
     local.mine(reqs[0])
     started = time.perf_counter()
     for r in reqs:
@@ -72,7 +73,7 @@ def pool_vs_in_process(ray, bank, bank_ref, kind: str, n: int) -> tuple[float, f
     ray.get(pool.submit(reqs[0], 0))
     started = time.perf_counter()
     pending = []
-    for i, r in enumerate(reqs):
+    for _i, r in enumerate(reqs):
         if len(pending) == 2:
             ray.get(pending.pop(0))
         pending.append(pool.submit(r, 0))
@@ -82,19 +83,40 @@ def pool_vs_in_process(ray, bank, bank_ref, kind: str, n: int) -> tuple[float, f
     return in_process, via_pool
 
 
-def step_rate(bank_dir: Path, shards_dir: Path, storage: Path, name: str, mining: list[str], steps: int = 60,
-              window: int = 10) -> tuple[float, dict]:
+def step_rate(
+    bank_dir: Path, shards_dir: Path, storage: Path, name: str, mining: list[str], steps: int = 60, window: int = 10
+) -> tuple[float, dict]:
     """Samples/s of a 1-worker training run (warm-up window dropped) and its mining metrics."""
-    from raytt.train import train
+    from raytt.training.driver import train
 
     shutil.rmtree(storage / name, ignore_errors=True)
-    cfg = config.load(TrainConfig, None, [
-        f"name={name}", f"storage={storage}", "workers=1", "threads_per_worker=1", f"data.bank={bank_dir}",
-        f"data.shards={shards_dir}", f"data.batch_size={BATCH}", "data.shuffle_buffer=0", "data.cache=true",
-        "tower.query=gru", "tower.residual=false", "loss.tau=0.1", f"optim.max_steps={steps}", f"log_every={window}",
-        "checkpoint_every=100000", "val_queries=200", "optim.epochs=1000", "mining.actor_cpus=1", *mining])
+    cfg = config.load(
+        TrainConfig,
+        None,
+        [
+            f"name={name}",
+            f"storage={storage}",
+            "workers=1",
+            "threads_per_worker=1",
+            f"data.bank={bank_dir}",
+            f"data.shards={shards_dir}",
+            f"data.batch_size={BATCH}",
+            "data.shuffle_buffer=0",
+            "data.cache=true",
+            "tower.query=gru",
+            "tower.residual=false",
+            "loss.tau=0.1",
+            f"optim.max_steps={steps}",
+            f"log_every={window}",
+            "checkpoint_every=100000",
+            "val_queries=200",
+            "optim.epochs=1000",
+            "mining.actor_cpus=1",
+            *mining,
+        ],
+    )
     train(cfg, progress=QUIET)
-    rows = runlog.read(cfg.run_dir / "metrics.jsonl")
+    rows = RunDir(cfg.run_dir).rows()
     rates = [r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r][1:]
     mined = next((r for r in rows if "mining/requests" in r), {})
     return float(np.mean(rates)), mined
@@ -118,8 +140,9 @@ def miner_memory(ray, bank_ref, kind: str, actors: int) -> tuple[float, float]:
     """(private memory of all `actors` miners summed (USS), private index bytes per miner)."""
     import psutil
 
-    mining = config.load(MiningConfig, None, [f"schedule={SCHEDULE}", f"index={kind}", f"actors={actors}",
-                                              "actor_cpus=0.5"])
+    mining = config.load(
+        MiningConfig, None, [f"schedule={SCHEDULE}", f"index={kind}", f"actors={actors}", "actor_cpus=0.5"]
+    )
     pool = MinerPool(bank_ref, mining, progress=QUIET)
     infos = ray.get([a.info.remote() for a in pool.actors])
     uss = sum(psutil.Process(i["pid"]).memory_full_info().uss for i in infos)
@@ -146,28 +169,38 @@ def main() -> None:
     ray.init(num_cpus=cores + 2, include_dashboard=False, log_to_driver=False)
     bank = load_bank(bank_dir)
     bank_ref = ray.put(bank)
-    print(f"mining bench: {args.vectors:,} x {args.dim} synthetic bank ({bank.vectors.nbytes / 2**20:,.0f} MiB), "
-          f"batch {BATCH}, {cores} cores")
+    print(
+        f"mining bench: {args.vectors:,} x {args.dim} synthetic bank ({bank.vectors.nbytes / 2**20:,.0f} MiB), "
+        f"batch {BATCH}, {cores} cores"
+    )
 
     print("(a) miner actor vs the same miner in process (1 thread each, GRU query encoding + search + filters):")
     for kind in ("flat", "ivf"):
         local, pooled = pool_vs_in_process(ray, bank, bank_ref, kind, args.requests)
-        print(f"    {kind:<5} in-process {local:,.0f} q/s | pool {pooled:,.0f} q/s | ratio {pooled / local:.2f} "
-              f"(target >= 0.8)")
+        print(
+            f"    {kind:<5} in-process {local:,.0f} q/s | pool {pooled:,.0f} q/s | ratio {pooled / local:.2f} "
+            f"(target >= 0.8)"
+        )
 
     print("(b) training step time, 1 worker + 1 miner, async mining vs none:")
     idle, _ = step_rate(bank_dir, shards_dir, work / "runs", "none", [])
     with BusyCore():
         busy, _ = step_rate(bank_dir, shards_dir, work / "runs", "none-busy", [])
-    print(f"    no mining: {1000 * BATCH / idle:.0f} ms/step with the other core idle, {1000 * BATCH / busy:.0f} ms/step "
-          f"with it busy")
+    print(
+        f"    no mining: {1000 * BATCH / idle:.0f} ms/step with the other core idle, {1000 * BATCH / busy:.0f} ms/step "
+        f"with it busy"
+    )
     for kind in ("ivf", "hnsw"):
-        rate, mined = step_rate(bank_dir, shards_dir, work / "runs", kind, [f"mining.schedule={SCHEDULE}",
-                                                                             f"mining.index={kind}"])
-        print(f"    {kind:<5} mining: {1000 * BATCH / rate:.0f} ms/step | step-time ratio {idle / rate:.2f} vs idle core, "
-              f"{busy / rate:.2f} vs busy core (target <= 1.15) | fallback "
-              f"{mined.get('mining/fallback_rate', float('nan')):.0%}, miner latency p50 "
-              f"{mined.get('mining/latency_ms_p50', float('nan')):.0f} ms")
+        rate, mined = step_rate(
+            bank_dir, shards_dir, work / "runs", kind, [f"mining.schedule={SCHEDULE}", f"mining.index={kind}"]
+        )
+        print(
+            f"    {kind:<5} mining: {1000 * BATCH / rate:.0f} ms/step | "
+            f"step-time ratio {idle / rate:.2f} vs idle core, "
+            f"{busy / rate:.2f} vs busy core (target <= 1.15) | fallback "
+            f"{mined.get('mining/fallback_rate', float('nan')):.0%}, miner latency p50 "
+            f"{mined.get('mining/latency_ms_p50', float('nan')):.0f} ms"
+        )
 
     print("(c) node memory: the shared bank once + each miner's private memory (USS), against the bank's bytes:")
     bank_bytes = bank.vectors.nbytes
@@ -175,10 +208,14 @@ def main() -> None:
     for kind in ("flat", "ivf", "hnsw"):
         one, index_bytes = miner_memory(ray, bank_ref, kind, 1)
         four, _ = miner_memory(ray, bank_ref, kind, 4)
-        print(f"    {kind:<5} 1 miner {(bank_bytes + one) / mib:,.0f} MiB ({(bank_bytes + one) / bank_bytes:.2f}x bank) | "
-              f"4 miners {(bank_bytes + four) / mib:,.0f} MiB ({(bank_bytes + four) / bank_bytes:.2f}x bank) | per miner: "
-              f"{four / 4 / mib:,.0f} MiB private, of which index {index_bytes / mib:,.0f} MiB "
-              f"({index_bytes / bank_bytes:.2f}x bank), the rest the Python/torch/Ray process")
+        print(
+            f"    {kind:<5} 1 miner {(bank_bytes + one) / mib:,.0f} MiB "
+            f"({(bank_bytes + one) / bank_bytes:.2f}x bank) | "
+            f"4 miners {(bank_bytes + four) / mib:,.0f} MiB "
+            f"({(bank_bytes + four) / bank_bytes:.2f}x bank) | per miner: "
+            f"{four / 4 / mib:,.0f} MiB private, of which index {index_bytes / mib:,.0f} MiB "
+            f"({index_bytes / bank_bytes:.2f}x bank), the rest the Python/torch/Ray process"
+        )
     ray.shutdown()
 
 

@@ -19,28 +19,33 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from raytt import config, runlog
+from raytt import config
 from raytt.bank import scan_bank
 from raytt.commands import evaluate
-from raytt.runconfig import TrainConfig
+from raytt.rundir import RunDir
 from raytt.sequences import BuildConfig, build_shards
-from raytt.synth import SynthConfig, generate
-from raytt.train import train
+from raytt.synthetic import SynthConfig, generate
+from raytt.training.config import TrainConfig
+from raytt.training.driver import train
 
-QUIET = lambda *_: None  # noqa: E731
+QUIET = lambda *_: None
 MEASURED_WITH = ["tower.query=gru", "optim.lr=0.002", "mining.article_negatives=0"]
 
 
 def run(name: str, bank: Path, shards: Path, storage: Path, extra: list[str]) -> dict:
-    """Train with configs/demo.yaml, MEASURED_WITH and `extra`; return test metrics (all candidates) and mining figures."""
+    """Train with configs/demo.yaml, MEASURED_WITH and `extra`; return test metrics (all candidates), mining figures."""
     shutil.rmtree(storage / name, ignore_errors=True)
-    cfg = config.load(TrainConfig, Path(__file__).parents[1] / "configs" / "demo.yaml",
-                      [f"name={name}", f"storage={storage}", f"data.bank={bank}", f"data.shards={shards}", *MEASURED_WITH, *extra])
+    cfg = config.load(
+        TrainConfig,
+        Path(__file__).parents[1] / "configs" / "demo.yaml",
+        [f"name={name}", f"storage={storage}", f"data.bank={bank}", f"data.shards={shards}", *MEASURED_WITH, *extra],
+    )
     train(cfg, progress=QUIET)
-    rows = runlog.read(cfg.run_dir / "metrics.jsonl")
+    rows = RunDir(cfg.run_dir).rows()
     mined = [r for r in rows if r.get("mining/requests")]
     fallback = sum(r["mining/fallback_rate"] * r["mining/requests"] for r in mined) / max(
-        1, sum(r["mining/requests"] for r in mined))
+        1, sum(r["mining/requests"] for r in mined)
+    )
     dropped_fn = sum(r["mining/dropped_false_negative"] + r["mining/dropped_duplicate"] for r in mined)
     result = evaluate(run=cfg.run_dir, progress=QUIET)["views"]["all"]
     return {"rows": result, "fallback": fallback if mined else None, "dropped_fn": dropped_fn}
@@ -61,18 +66,25 @@ def main() -> None:
     if not shards.exists():
         build_shards(scan_bank(bank), shards, BuildConfig(), progress=QUIET)
     mining = [f"mining.schedule={args.schedule}", "mining.index=ivf", f"mining.timeout_s={args.timeout}"]
-    variants = {"in-batch only": [],
-                "mined, unfiltered": [*mining, "mining.window=0", "mining.fn_threshold=1.0"],
-                "mined, filtered": mining}
-    print(f"mining quality: {args.vectors:,} x 384 synthetic bank, quote_rate {args.quote_rate}, "
-          f"schedule {args.schedule!r}; test split, full bank, all candidates")
+    variants = {
+        "in-batch only": [],
+        "mined, unfiltered": [*mining, "mining.window=0", "mining.fn_threshold=1.0"],
+        "mined, filtered": mining,
+    }
+    print(
+        f"mining quality: {args.vectors:,} x 384 synthetic bank, quote_rate {args.quote_rate}, "
+        f"schedule {args.schedule!r}; test split, full bank, all candidates"
+    )
     results = {}
     for name, extra in variants.items():
         results[name] = run(name.replace(", ", "-").replace(" ", "-"), bank, shards, work / "runs", extra)
         r = results[name]
         model = r["rows"]["model"]
-        mined = "" if r["fallback"] is None else (f" | fallback {r['fallback']:.0%}, near-copies dropped "
-                                                  f"{r['dropped_fn']:,.0f}")
+        mined = (
+            ""
+            if r["fallback"] is None
+            else (f" | fallback {r['fallback']:.0%}, near-copies dropped {r['dropped_fn']:,.0f}")
+        )
         print(f"  {name:<18} R@10 {model['R@10']:.3f}  MRR@10 {model['MRR@10']:.3f}{mined}", flush=True)
     rows = results["in-batch only"]["rows"]
     for name in ("last", "exp0.5", "oracle"):

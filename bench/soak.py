@@ -28,34 +28,55 @@ from pathlib import Path
 
 import psutil
 
-from raytt import checkpoints, runlog
+from raytt import checkpoints
 from raytt.bank import scan_bank
+from raytt.rundir import RunDir
 from raytt.sequences import BuildConfig, build_shards
 from raytt.storage import read_json
-from raytt.synth import SynthConfig, generate
+from raytt.synthetic import SynthConfig, generate
 
 FAULTS = ("worker", "miner", "driver")
 CHECKPOINT_EVERY = 10
-PROCESS_OF = {"worker": "RayTrainWorker", "miner": "Miner"}   # in the process title Ray gives an actor's worker
+PROCESS_OF = {"worker": "RayTrainWorker", "miner": "Miner"}  # in the process title Ray gives an actor's worker
 RUN_LIMIT_S = 900
 
 
 def command(data: Path, storage: Path, name: str) -> list[str]:
     """The soak's `raytt train`: 2 workers, a miner from epoch 0, a checkpoint every 10 steps, every step logged."""
-    sets = [f"name={name}", f"storage={storage}", f"data.bank={data / 'bank'}", f"data.shards={data / 'shards'}",
-            "workers=2", "data.batch_size=64", "data.shuffle_buffer=2000", "data.cache=true", "tower.query=gru",
-            "tower.hidden=64", "tower.residual=false", "optim.epochs=2", "optim.warmup_steps=5", "val_queries=300",
-            f"checkpoint_every={CHECKPOINT_EVERY}", "log_every=1", "max_failures=3",
-            "mining.schedule=0-1:8@0.0-0.99", "mining.actor_cpus=0.5", "mining.timeout_s=1.0"]
+    sets = [
+        f"name={name}",
+        f"storage={storage}",
+        f"data.bank={data / 'bank'}",
+        f"data.shards={data / 'shards'}",
+        "workers=2",
+        "data.batch_size=64",
+        "data.shuffle_buffer=2000",
+        "data.cache=true",
+        "tower.query=gru",
+        "tower.hidden=64",
+        "tower.residual=false",
+        "optim.epochs=2",
+        "optim.warmup_steps=5",
+        "val_queries=300",
+        f"checkpoint_every={CHECKPOINT_EVERY}",
+        "log_every=1",
+        "max_failures=3",
+        "mining.schedule=0-1:8@0.0-0.99",
+        "mining.actor_cpus=0.5",
+        "mining.timeout_s=1.0",
+    ]
     return [sys.executable, "-m", "raytt.cli", "train", *[x for s in sets for x in ("--set", s)]]
 
 
 def prepare(data: Path) -> None:
     if (data / "shards" / "manifest.json").is_file():
         return
-    generate(SynthConfig(num_vectors=8000, dim=64, latent_dim=16), data / "bank", overwrite=True, progress=lambda *_: None)
-    build_shards(scan_bank(data / "bank"), data / "shards", BuildConfig(context_len=4), overwrite=True,
-                 progress=lambda *_: None)
+    generate(
+        SynthConfig(num_vectors=8000, dim=64, latent_dim=16), data / "bank", overwrite=True, progress=lambda *_: None
+    )
+    build_shards(
+        scan_bank(data / "bank"), data / "shards", BuildConfig(context_len=4), overwrite=True, progress=lambda *_: None
+    )
 
 
 @dataclass
@@ -70,7 +91,7 @@ class Outcome:
 
 
 def latest_step(run_dir: Path) -> int:
-    rows = runlog.read_all(run_dir / "metrics.jsonl")
+    rows = RunDir(run_dir).all_rows()
     return max((r["step"] for r in rows if r.get("kind") == "train"), default=0)
 
 
@@ -100,7 +121,7 @@ def kill_actor_process(driver: subprocess.Popen, title: str, rng: random.Random)
 
 def steps_lost(run_dir: Path) -> int:
     """Max over restarts: steps an attempt trained past the checkpoint the next attempt resumed from."""
-    rows = runlog.read_all(run_dir / "metrics.jsonl")
+    rows = RunDir(run_dir).all_rows()
     starts = {r["attempt"]: r["step"] for r in rows if r.get("kind") == "start"}
     lost = 0
     for attempt, resumed in starts.items():
@@ -116,7 +137,7 @@ def run_once(cmd: list[str], run_dir: Path, fault: str | None, at_step: int, rng
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     deadline = started + RUN_LIMIT_S
-    log = open(run_dir.parent / f"{run_dir.name}.log", "w")
+    log = open(run_dir.parent / f"{run_dir.name}.log", "w")  # noqa: SIM115 - both Popen calls below write to it
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     note = ""
     try:
@@ -147,18 +168,23 @@ def run_once(cmd: list[str], run_dir: Path, fault: str | None, at_step: int, rng
 
 def fallbacks(run_dir: Path) -> str:
     """The mining fallbacks the run's epochs counted, by reason."""
-    epochs = runlog.read(run_dir / "metrics.jsonl", "epoch")
-    counts = {reason: sum(r.get(f"mining/fallback_{reason}", 0) for r in epochs)
-              for reason in ("actor_died", "timeout", "error", "busy")}
-    return "fallbacks " + ", ".join(f"{k} {v:.0f}" for k, v in counts.items() if v) if any(counts.values()) \
+    epochs = RunDir(run_dir).rows("epoch")
+    counts = {
+        reason: sum(r.get(f"mining/fallback_{reason}", 0) for r in epochs)
+        for reason in ("actor_died", "timeout", "error", "busy")
+    }
+    return (
+        "fallbacks " + ", ".join(f"{k} {v:.0f}" for k, v in counts.items() if v)
+        if any(counts.values())
         else "no fallbacks counted"
+    )
 
 
 def loads(best: Path) -> bool:
     try:
         checkpoints.load_model(best)
         return True
-    except Exception:  # noqa: BLE001 - any failure to load means no usable best/
+    except Exception:
         return False
 
 
@@ -170,12 +196,15 @@ def table(outcomes: list[Outcome], base: Outcome) -> str:
             continue
         good = [o for o in rows if o.finished and o.steps == base.steps]
         overhead = sum(o.seconds for o in rows) / len(rows) / base.seconds
-        lines.append(f"{fault:<8}{len(rows):>6}{f'{len(good)}/{len(rows)}':>10}{max(o.lost for o in rows):>16}"
-                     f"{overhead:>19.2f}x")
+        lines.append(
+            f"{fault:<8}{len(rows):>6}{f'{len(good)}/{len(rows)}':>10}{max(o.lost for o in rows):>16}{overhead:>19.2f}x"
+        )
     total = [o for o in outcomes if o.finished and o.steps == base.steps]
-    lines.append(f"all: {len(total)}/{len(outcomes)} finished with {base.steps} steps (the fault-free count), max steps "
-                 f"lost {max((o.lost for o in outcomes), default=0)} (checkpoint_every {CHECKPOINT_EVERY}); fault-free "
-                 f"run {base.seconds:.0f}s")
+    lines.append(
+        f"all: {len(total)}/{len(outcomes)} finished with {base.steps} steps (the fault-free count), max steps "
+        f"lost {max((o.lost for o in outcomes), default=0)} (checkpoint_every {CHECKPOINT_EVERY}); fault-free "
+        f"run {base.seconds:.0f}s"
+    )
     return "\n".join(lines)
 
 
@@ -200,8 +229,11 @@ def main() -> None:
         name = f"run{i:02d}-{fault}"
         outcome = run_once(command(work / "data", work / "runs", name), work / "runs" / name, fault, at_step, rng)
         outcomes.append(outcome)
-        print(f"soak: {name}: fault at step {at_step}: {outcome.note}; finished {outcome.finished}, {outcome.steps} "
-              f"steps, lost {outcome.lost}, {outcome.seconds:.0f}s", flush=True)
+        print(
+            f"soak: {name}: fault at step {at_step}: {outcome.note}; finished {outcome.finished}, {outcome.steps} "
+            f"steps, lost {outcome.lost}, {outcome.seconds:.0f}s",
+            flush=True,
+        )
     print(table(outcomes, base), flush=True)
 
 

@@ -25,20 +25,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raytt import config, runlog
+from raytt import config
 from raytt.bank import load_bank, scan_bank
-from raytt.losses import Batch, LossConfig, objective
-from raytt.runconfig import TrainConfig
+from raytt.losses.objective import Batch, LossConfig, objective
+from raytt.rundir import RunDir
 from raytt.sequences import BuildConfig, build_shards, open_shards
-from raytt.synth import SynthConfig, generate
+from raytt.synthetic import SynthConfig, generate
 from raytt.towers import TowerConfig, TwoTower
+from raytt.training.config import TrainConfig
 
 SETTINGS = {5: {"batch": 256, "steps": 60, "window": 10}, 100: {"batch": 64, "steps": 24, "window": 6}}
 GPU_SETTINGS = {5: {"batch": 256, "steps": 300, "window": 50}, 100: {"batch": 64, "steps": 120, "window": 20}}
 
 
-def bare_loop(bank: np.ndarray, shards, k: int, batch: int, steps: int, window: int, threads: int,
-              device: str = "cpu", precision: str = "fp32") -> float:
+def bare_loop(
+    bank: np.ndarray,
+    shards,
+    k: int,
+    batch: int,
+    steps: int,
+    window: int,
+    threads: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> float:
     """Samples/s of a plain loop over pre-gathered in-memory tensors (first window dropped as warm-up)."""
     torch.set_num_threads(threads)
     table = shards.read("train")
@@ -75,22 +85,51 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def raytt_run(bank_dir: Path, shards_dir: Path, storage: Path, name: str, workers: int, threads: int, batch: int,
-              steps: int, window: int, device: str = "cpu", precision: str = "fp32") -> float:
+def raytt_run(
+    bank_dir: Path,
+    shards_dir: Path,
+    storage: Path,
+    name: str,
+    workers: int,
+    threads: int,
+    batch: int,
+    steps: int,
+    window: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> float:
     """Samples/s of `raytt train` from its metrics.jsonl, warm-up window dropped."""
     import shutil
 
-    from raytt.train import train
+    from raytt.training.driver import train
 
     shutil.rmtree(storage / name, ignore_errors=True)
-    cfg = config.load(TrainConfig, None, [
-        f"name={name}", f"storage={storage}", f"workers={workers}", f"threads_per_worker={threads}",
-        f"data.bank={bank_dir}", f"data.shards={shards_dir}", f"data.batch_size={batch}", "data.shuffle_buffer=0",
-        "tower.query=gru", "tower.residual=false", "loss.tau=0.1", f"optim.max_steps={steps}",
-        f"use_gpu={device == 'cuda'}", f"precision={precision}",
-        f"log_every={window}", "checkpoint_every=100000", "val_queries=200", "optim.epochs=1000"])
+    cfg = config.load(
+        TrainConfig,
+        None,
+        [
+            f"name={name}",
+            f"storage={storage}",
+            f"workers={workers}",
+            f"threads_per_worker={threads}",
+            f"data.bank={bank_dir}",
+            f"data.shards={shards_dir}",
+            f"data.batch_size={batch}",
+            "data.shuffle_buffer=0",
+            "tower.query=gru",
+            "tower.residual=false",
+            "loss.tau=0.1",
+            f"optim.max_steps={steps}",
+            f"use_gpu={device == 'cuda'}",
+            f"precision={precision}",
+            f"log_every={window}",
+            "checkpoint_every=100000",
+            "val_queries=200",
+            "optim.epochs=1000",
+        ],
+    )
     train(cfg, progress=lambda *_: None)
-    rows = runlog.read(cfg.run_dir / "metrics.jsonl")
+    rows = RunDir(cfg.run_dir).rows()
     rates = [r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r][1:]
     return float(np.mean(rates))
 
@@ -113,6 +152,7 @@ def main() -> None:
     if not bank_dir.exists():
         generate(SynthConfig(num_vectors=args.vectors, dim=args.dim), bank_dir, progress=lambda *_: None)
     import ray
+
     ray.init(num_cpus=cores + 1, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
     bank = load_bank(bank_dir).vectors
     where = f"{gpus} x {torch.cuda.get_device_name(0)}, {args.precision}" if gpus else f"{cores} cores"
@@ -122,16 +162,33 @@ def main() -> None:
         s = GPU_SETTINGS[k] if gpus else SETTINGS[k]
         shards_dir = work / f"shards_k{k}"
         if not shards_dir.exists():
-            build_shards(scan_bank(bank_dir), shards_dir, BuildConfig(context_len=k, min_train_pairs=100),
-                         progress=lambda *_: None)
+            build_shards(
+                scan_bank(bank_dir),
+                shards_dir,
+                BuildConfig(context_len=k, min_train_pairs=100),
+                progress=lambda *_: None,
+            )
         base = bare_loop(bank, open_shards(shards_dir), k, s["batch"], s["steps"], s["window"], cores, **run)
-        one = raytt_run(bank_dir, shards_dir, work / "runs", f"k{k}-w1", 1, cores, s["batch"], s["steps"], s["window"],
-                        **run)
-        line = (f"  context {k:>3}, batch {s['batch']}: bare loop {base:,.0f} samples/s | raytt 1 worker {one:,.0f} "
-                f"(ratio {one / base:.2f}, target >= 0.9)")
+        one = raytt_run(
+            bank_dir, shards_dir, work / "runs", f"k{k}-w1", 1, cores, s["batch"], s["steps"], s["window"], **run
+        )
+        line = (
+            f"  context {k:>3}, batch {s['batch']}: bare loop {base:,.0f} samples/s | raytt 1 worker {one:,.0f} "
+            f"(ratio {one / base:.2f}, target >= 0.9)"
+        )
         if not gpus or gpus >= 2:
-            two = raytt_run(bank_dir, shards_dir, work / "runs", f"k{k}-w2", 2, max(1, cores // 2), s["batch"],
-                            s["steps"], s["window"], **run)
+            two = raytt_run(
+                bank_dir,
+                shards_dir,
+                work / "runs",
+                f"k{k}-w2",
+                2,
+                max(1, cores // 2),
+                s["batch"],
+                s["steps"],
+                s["window"],
+                **run,
+            )
             line += f" | raytt 2 workers {two:,.0f} (ratio {two / base:.2f})"
         print(line, flush=True)
     ray.shutdown()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from raytt import build, config, synth
 from raytt.sequences import BuildConfig
-from raytt.synth import SynthConfig
+from raytt.synthetic import SynthConfig
 
 
 def main() -> None:
@@ -20,8 +20,7 @@ def main() -> None:
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
     synth(args.out / "bank", config.load(SynthConfig, args.synth_config), report=True, overwrite=args.overwrite)
-    build(args.out / "bank", args.out / "shards", config.load(BuildConfig, args.build_config),
-          overwrite=args.overwrite)
+    build(args.out / "bank", args.out / "shards", config.load(BuildConfig, args.build_config), overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

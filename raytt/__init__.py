@@ -1,10 +1,17 @@
 """raytt: distributed training of two-tower retrievers on Ray.
 
 The subcommands of the `raytt` CLI are importable functions: `synth`, `ingest`, `build`,
-`import_vectors`, `inspect`, `train`, `evaluate`, `compare`, `demo` (see `raytt.commands`).
+`import_vectors`, `inspect`, `train`, `evaluate`, `compare`, `demo` (see `raytt.commands`). They are
+loaded on first use, so Ray actors and workers that import a submodule do not import the CLI layer.
 """
-
-from raytt.commands import build, compare, demo, evaluate, import_vectors, ingest, inspect, synth, train
 
 __all__ = ["build", "compare", "demo", "evaluate", "import_vectors", "ingest", "inspect", "synth", "train"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from raytt import commands
+
+        return getattr(commands, name)
+    raise AttributeError(f"module 'raytt' has no attribute {name!r}")

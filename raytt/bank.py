@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -47,7 +47,7 @@ class BankManifest:
         return dataclasses.asdict(self) | {"files": list(self.files)}
 
     @classmethod
-    def from_json(cls, data: dict, where: str) -> "BankManifest":
+    def from_json(cls, data: dict, where: str) -> BankManifest:
         names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         missing = sorted(required - set(data))
@@ -172,8 +172,15 @@ class BankWriter:
     that a refused block leaves nothing behind.
     """
 
-    def __init__(self, out_dir: Path, dim: int | None = None, normalization: str = "l2",
-                 normalize: bool = False, with_text: bool = False, rows_per_file: int = 262_144) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        dim: int | None = None,
+        normalization: str = "l2",
+        normalize: bool = False,
+        with_text: bool = False,
+        rows_per_file: int = 262_144,
+    ) -> None:
         if normalization not in ("l2", "none"):
             raise BankError(f"normalization must be 'l2' or 'none', got {normalization!r}")
         self.out_dir = Path(out_dir)
@@ -190,8 +197,13 @@ class BankWriter:
         self._writer: pq.ParquetWriter | None = None
         self._rows_in_file = 0
 
-    def add(self, article_ids: list[str] | np.ndarray, positions: np.ndarray, vectors: np.ndarray,
-            texts: list[str] | None = None) -> None:
+    def add(
+        self,
+        article_ids: list[str] | np.ndarray,
+        positions: np.ndarray,
+        vectors: np.ndarray,
+        texts: list[str] | None = None,
+    ) -> None:
         where = f"bank {self.out_dir.name} (block starting at key {self.num_rows})"
         vectors = np.asarray(vectors)
         if vectors.ndim != 2:
@@ -221,8 +233,12 @@ class BankWriter:
         start = 0
         while start < n:
             take = min(n - start, self.rows_per_file - self._rows_in_file)
-            self._write(article_ids[start:start + take], positions[start:start + take],
-                        vectors[start:start + take], None if texts is None else texts[start:start + take])
+            self._write(
+                article_ids[start : start + take],
+                positions[start : start + take],
+                vectors[start : start + take],
+                None if texts is None else texts[start : start + take],
+            )
             start += take
 
     def _write(self, article_ids, positions, vectors, texts) -> None:
@@ -241,8 +257,9 @@ class BankWriter:
         ]
         if texts is not None:
             columns.append(pa.array(list(texts), type=pa.string()))
-        self._writer.write_table(pa.Table.from_arrays(columns, schema=bank_schema(self.dim, self.with_text)),
-                                 row_group_size=READ_BATCH_ROWS)
+        self._writer.write_table(
+            pa.Table.from_arrays(columns, schema=bank_schema(self.dim, self.with_text)), row_group_size=READ_BATCH_ROWS
+        )
         self.num_rows += n
         self._rows_in_file += n
         if self._rows_in_file >= self.rows_per_file:
@@ -262,26 +279,55 @@ class BankWriter:
             raise BankError(f"{where}: embedder_id is required (it is what shards and queries are checked against)")
         self._articles.finish(where)
         manifest = BankManifest(
-            embedder_id=embedder_id, dim=int(self.dim), num_vectors=self.num_rows,
-            sha256=self._hash.hexdigest(), files=tuple(self.files), normalization=self.normalization,
-            source=source, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            embedder_id=embedder_id,
+            dim=int(self.dim),
+            num_vectors=self.num_rows,
+            sha256=self._hash.hexdigest(),
+            files=tuple(self.files),
+            normalization=self.normalization,
+            source=source,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         write_json(self.out_dir / "manifest.json", manifest.to_json())
         return manifest
 
 
-def write_bank(dest: str | Path, vectors: np.ndarray, article_ids: list[str], positions: np.ndarray,
-               embedder_id: str, texts: list[str] | None = None, source: str = "",
-               normalization: str = "l2", normalize: bool = False, overwrite: bool = False) -> BankManifest:
+def write_bank(
+    dest: str | Path,
+    vectors: np.ndarray,
+    article_ids: list[str],
+    positions: np.ndarray,
+    embedder_id: str,
+    texts: list[str] | None = None,
+    source: str = "",
+    normalization: str = "l2",
+    normalize: bool = False,
+    overwrite: bool = False,
+) -> BankManifest:
     """Write in-memory arrays as a bank directory, atomically."""
-    return write_bank_blocks(dest, [(article_ids, positions, vectors, texts)], embedder_id, source=source,
-                             normalization=normalization, normalize=normalize, overwrite=overwrite,
-                             with_text=texts is not None)
+    return write_bank_blocks(
+        dest,
+        [(article_ids, positions, vectors, texts)],
+        embedder_id,
+        source=source,
+        normalization=normalization,
+        normalize=normalize,
+        overwrite=overwrite,
+        with_text=texts is not None,
+    )
 
 
-def write_bank_blocks(dest: str | Path, blocks: Iterable[tuple], embedder_id: str, source: str = "",
-                      normalization: str = "l2", normalize: bool = False, overwrite: bool = False,
-                      with_text: bool = False, dim: int | None = None) -> BankManifest:
+def write_bank_blocks(
+    dest: str | Path,
+    blocks: Iterable[tuple],
+    embedder_id: str,
+    source: str = "",
+    normalization: str = "l2",
+    normalize: bool = False,
+    overwrite: bool = False,
+    with_text: bool = False,
+    dim: int | None = None,
+) -> BankManifest:
     """Stream blocks of (article_ids, positions, vectors, texts|None) into a bank directory, atomically."""
     with atomic_dir(dest, overwrite=overwrite) as tmp:
         writer = BankWriter(tmp, dim=dim, normalization=normalization, normalize=normalize, with_text=with_text)
@@ -335,7 +381,7 @@ def _scan(path: Path, load_vectors: bool, verify: bool) -> _Scan:
                         _check_vectors(block, expected, manifest.normalization, where)
                         hasher.update(block.data)
                     if vectors is not None:
-                        vectors[expected:expected + rows] = block
+                        vectors[expected : expected + rows] = block
                 expected += rows
         except FileNotFoundError as exc:
             raise BankError(f"{where}: shard listed in the manifest is missing") from exc
@@ -368,8 +414,11 @@ def _check_keys(keys: np.ndarray, expected: int, n: int, where: str) -> None:
     if len(keys) and not np.array_equal(keys, want):
         i = int(np.flatnonzero(keys != want)[0])
         got, exp = int(keys[i]), int(want[i])
-        problem = (f"duplicate or out-of-order key {got} (expected {exp})" if got < exp
-                   else f"keys are not dense: {exp}..{got - 1} missing")
+        problem = (
+            f"duplicate or out-of-order key {got} (expected {exp})"
+            if got < exp
+            else f"keys are not dense: {exp}..{got - 1} missing"
+        )
         raise BankError(f"{where}: {problem}; keys must be 0..N-1 in order")
     if expected + len(keys) > n:
         raise BankError(f"{where}: more rows than the manifest's num_vectors ({n})")

@@ -8,19 +8,19 @@ loads with `torch.load(weights_only=True)`: no pickled code runs on load.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from raytt import config
 from raytt.errors import RayttError
-from raytt.storage import download, list_dirs, read_json, upload, write_json
+from raytt.rundir import CHECKPOINT_PREFIX as PREFIX
+from raytt.storage import download, list_dirs, read_json, write_json
 from raytt.towers import TowerConfig, TwoTower
 
 MODEL, STATE, META = "model.pt", "train_state.pt", "meta.json"
-PREFIX = "checkpoint_"
 
 
 class CheckpointError(RayttError):
@@ -43,8 +43,10 @@ def save(folder: Path, model: torch.nn.Module, state: dict, meta: dict, dest: st
         torch.save(state, folder / STATE)
         write_json(folder / META, meta)
     except OSError as exc:
-        raise CheckpointError(f"{dest or folder}: cannot write the checkpoint of step {meta.get('step')} "
-                              f"({exc.strerror or exc}); the checkpoints written before it are intact") from exc
+        raise CheckpointError(
+            f"{dest or folder}: cannot write the checkpoint of step {meta.get('step')} "
+            f"({exc.strerror or exc}); the checkpoints written before it are intact"
+        ) from exc
 
 
 def read(folder: Path, device: str | torch.device = "cpu") -> tuple[dict, dict, dict]:
@@ -56,9 +58,10 @@ def read(folder: Path, device: str | torch.device = "cpu") -> tuple[dict, dict, 
             loaded.append(torch.load(folder / file, weights_only=True, map_location=device))
         except FileNotFoundError:
             raise CheckpointError(f"{folder.name}: {file} is missing") from None
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for truncated or corrupt files
-            raise CheckpointError(f"{folder.name}: {file} cannot be read ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0][:120]})") from None
+        except Exception as exc:
+            raise CheckpointError(
+                f"{folder.name}: {file} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+            ) from None
     meta = read_meta(folder)
     if not isinstance(meta.get("step"), int):
         raise CheckpointError(f"{folder.name}: {META} has no step")
@@ -74,8 +77,9 @@ def found(run_dir: Path) -> list[Path]:
     return newest_first([p for p in Path(run_dir).glob(f"{PREFIX}*") if p.is_dir()])
 
 
-def first_readable(folders: Iterator[Path], warn: Callable[[str], None] = print,
-                   device: str | torch.device = "cpu") -> tuple[Path, tuple[dict, dict, dict]] | None:
+def first_readable(
+    folders: Iterator[Path], warn: Callable[[str], None] = print, device: str | torch.device = "cpu"
+) -> tuple[Path, tuple[dict, dict, dict]] | None:
     """The first checkpoint of `folders` that reads back, with its contents; None when there is none.
 
     Unreadable ones (truncated, corrupt, half-written) are skipped with a warning that names them and
@@ -92,8 +96,10 @@ def first_readable(folders: Iterator[Path], warn: Callable[[str], None] = print,
             warn(f"checkpoints: skipping unreadable {'; '.join(bad)}; resuming from {folder.name} instead")
         return folder, contents
     if bad:
-        raise CheckpointError(f"no checkpoint of this run can be read ({'; '.join(bad)}); delete them (or the run "
-                              f"directory) to start over")
+        raise CheckpointError(
+            f"no checkpoint of this run can be read ({'; '.join(bad)}); delete them (or the run "
+            f"directory) to start over"
+        )
     return None
 
 
@@ -101,9 +107,11 @@ def rng_state() -> dict:
     """torch, numpy and python RNG states as plain tensors, lists and numbers (loadable with weights_only)."""
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
-            "python": {"version": version, "state": list(internal), "gauss_next": gauss_next}}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -131,18 +139,6 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[TwoTower, dict]
     model = TwoTower(config.from_dict(TowerConfig, meta["tower"], str(folder / META), "tower"), int(meta["dim"]))
     model.load_state_dict(torch.load(folder / MODEL, weights_only=True, map_location=device))
     return model.to(device).eval(), meta
-
-
-def pull(remote: str | None, run_dir: Path, with_checkpoints: bool = False) -> None:
-    """Refresh a run's local mirror from its storage URI (no-op for path storage)."""
-    if remote:
-        download(remote, run_dir, skip=() if with_checkpoints else (PREFIX,))
-
-
-def push(run_dir: Path, remote: str | None) -> None:
-    """Upload a run's own files (config, metrics, best/, summary, reports) to its storage URI; Ray Train uploads checkpoints."""
-    if remote:
-        upload(run_dir, remote, skip=(PREFIX,))
 
 
 def remote_newest_first(remote: str, run_dir: Path) -> Iterator[Path]:

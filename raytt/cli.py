@@ -14,12 +14,12 @@ import typing
 from pathlib import Path
 
 from raytt import commands, config
-from raytt.corpus import IngestConfig
+from raytt.corpus.config import IngestConfig
 from raytt.errors import RayttError
-from raytt.runconfig import TrainConfig
 from raytt.sequences import SPLITS, BuildConfig
-from raytt.synth import SynthConfig
-from raytt.tune import SearchConfig
+from raytt.synthetic import SynthConfig
+from raytt.training.config import TrainConfig
+from raytt.tuning import SearchConfig
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -34,8 +34,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = "--" + f.name.replace("_", "-")
         tp = hints[f.name]
         kind = "comma-separated" if typing.get_origin(tp) is tuple else getattr(tp, "__name__", str(tp))
-        group.add_argument(flag, dest=f"cfg__{f.name}", default=None, metavar=kind.upper(),
-                           help=f"{f.metadata.get('help', '')} (default: {f.default})")
+        group.add_argument(
+            flag,
+            dest=f"cfg__{f.name}",
+            default=None,
+            metavar=kind.upper(),
+            help=f"{f.metadata.get('help', '')} (default: {f.default})",
+        )
 
 
 def config_from_args(cls: type, args: argparse.Namespace):
@@ -49,9 +54,16 @@ def config_from_args(cls: type, args: argparse.Namespace):
 
 
 def parser() -> argparse.ArgumentParser:
+    """The `raytt` argument parser: data subcommands, then run subcommands."""
     top = argparse.ArgumentParser(prog="raytt", description="Two-tower retriever training on Ray.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_data_commands(sub)
+    add_run_commands(sub)
+    return top
 
+
+def add_data_commands(sub) -> None:
+    """Subcommands that make or check data: synth, build, import-npz, inspect, ingest."""
     p = sub.add_parser("synth", help="generate the synthetic corpus bank (the built-in default data)")
     p.add_argument("--out", type=Path, required=True, help="bank directory to write")
     p.add_argument("--report", action="store_true", help="print full-bank baselines vs the oracle predictor")
@@ -82,9 +94,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing bank (and any unfinished ingest)")
     add_config_flags(p, IngestConfig)
 
+
+def add_run_commands(sub) -> None:
+    """Subcommands that train, search, evaluate and compare: train, tune, eval, compare, demo."""
     p = sub.add_parser("train", help="train a query tower with Ray Train (re-running a name resumes it)")
-    p.add_argument("--eval", metavar="SPLIT", choices=SPLITS,
-                   help="then evaluate the best checkpoint on this split (report in RUN/eval/SPLIT)")
+    p.add_argument(
+        "--eval",
+        metavar="SPLIT",
+        choices=SPLITS,
+        help="then evaluate the best checkpoint on this split (report in RUN/eval/SPLIT)",
+    )
     add_config_flags(p, TrainConfig)
 
     p = sub.add_parser("tune", help="Ray Tune search over training settings, ASHA on full-bank validation recall")
@@ -109,7 +128,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
     p.add_argument("--num-vectors", type=int, default=50_000, help="size of the synthetic bank")
     p.add_argument("--train-config", type=Path, default=Path("configs/demo.yaml"), help="training config")
-    return top
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -123,8 +141,9 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "build":
         commands.build(args.bank, args.out, config_from_args(BuildConfig, args), overwrite=args.overwrite)
     elif args.command == "import-npz":
-        commands.import_vectors(args.npz, args.bank, args.out, config_from_args(BuildConfig, args),
-                                overwrite=args.overwrite)
+        commands.import_vectors(
+            args.npz, args.bank, args.out, config_from_args(BuildConfig, args), overwrite=args.overwrite
+        )
     elif args.command == "inspect":
         commands.inspect(args.path, bank=args.bank, sample=args.sample)
     elif args.command == "ingest":
@@ -137,8 +156,9 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "tune":
         commands.tune(args.resume or config_from_args(SearchConfig, args))
     elif args.command == "eval":
-        commands.evaluate(args.run, args.shards, args.bank, args.checkpoint, args.split, args.out, args.max_queries,
-                          args.device)
+        commands.evaluate(
+            args.run, args.shards, args.bank, args.checkpoint, args.split, args.out, args.max_queries, args.device
+        )
     elif args.command == "compare":
         commands.compare(args.runs, args.view)
     elif args.command == "demo":
@@ -173,18 +193,27 @@ def job(command: str, argv: list[str]) -> None:
     args = parser().parse_args([command, *argv])
     address = cluster_address()
     if address is None:
-        print("raytt: error: no Ray cluster: RAY_ADDRESS is unset and `ray start` recorded none on this machine; "
-              "submit this with `ray job submit`, or start a cluster with `ray start --head`", file=sys.stderr)
+        print(
+            "raytt: error: no Ray cluster: RAY_ADDRESS is unset and `ray start` recorded none on this machine; "
+            "submit this with `ray job submit`, or start a cluster with `ray start --head`",
+            file=sys.stderr,
+        )
         sys.exit(2)
     try:
         ray.init(address=address, logging_config=ray.LoggingConfig(log_level="WARNING"))
     except ConnectionError as exc:
-        print(f"raytt: error: no Ray cluster at {address!r} ({exc}); submit this with `ray job submit`, or start a "
-              f"cluster with `ray start --head`", file=sys.stderr)
+        print(
+            f"raytt: error: no Ray cluster at {address!r} ({exc}); submit this with `ray job submit`, or start a "
+            f"cluster with `ray start --head`",
+            file=sys.stderr,
+        )
         sys.exit(2)
     resources = ray.cluster_resources()
-    print(f"raytt: joined the Ray cluster at {address}: {len(ray.nodes())} node(s), {resources.get('CPU', 0):.0f} CPU, "
-          f"{resources.get('GPU', 0):.0f} GPU", flush=True)
+    print(
+        f"raytt: joined the Ray cluster at {address}: {len(ray.nodes())} node(s), {resources.get('CPU', 0):.0f} CPU, "
+        f"{resources.get('GPU', 0):.0f} GPU",
+        flush=True,
+    )
     try:
         sys.exit(dispatch(args))
     except RayttError as exc:

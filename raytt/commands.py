@@ -3,59 +3,89 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from raytt.bank import BankManifest, load_bank, read_manifest, scan_bank
 from raytt.errors import RayttError, ShardError
-from raytt.sequences import (SPLITS, BuildConfig, ShardSet, bank_of, build_shards, check_provenance, import_npz,
-                             is_shards, open_shards)
+from raytt.sequences import (
+    SPLITS,
+    BuildConfig,
+    ShardSet,
+    bank_of,
+    build_shards,
+    check_provenance,
+    import_npz,
+    is_shards,
+    open_shards,
+)
 from raytt.storage import is_uri, mirror_of
-from raytt.synth import SynthConfig, generate, heuristic_report
+from raytt.synthetic import SynthConfig, generate
 
 Progress = Callable[[str], None]
 
 
-def synth(out: str | Path, cfg: SynthConfig = SynthConfig(), report: bool = False, overwrite: bool = False,
-          progress: Progress = print) -> BankManifest:
+def synth(
+    out: str | Path,
+    cfg: SynthConfig | None = None,
+    report: bool = False,
+    overwrite: bool = False,
+    progress: Progress = print,
+) -> BankManifest:
     """Generate the synthetic bank; with `report`, print baselines vs the oracle on full-bank retrieval."""
-    manifest = generate(cfg, out, overwrite=overwrite, progress=progress)
+    manifest = generate(cfg or SynthConfig(), out, overwrite=overwrite, progress=progress)
     progress(f"synth: wrote {manifest.num_vectors:,} x {manifest.dim} bank to {out} ({manifest.embedder_id})")
     if report:
-        progress(format_table(heuristic_report(out), "synth report: 2000 sampled windows (context <= 5), "
-                                                    f"full bank of {manifest.num_vectors:,}"))
+        from raytt.evaluation import sampled_report
+
+        progress(
+            format_table(
+                sampled_report(out),
+                f"synth report: 2000 sampled windows (context <= 5), full bank of {manifest.num_vectors:,}",
+            )
+        )
     return manifest
 
 
 def ingest(input_dir: str | Path, out: str | Path, cfg=None, overwrite: bool = False, progress: Progress = print):
     """Documents -> chunks -> vectors as a bank, with Ray Data and encoder actors; see `raytt.corpus.ingest`."""
-    from raytt.corpus import IngestConfig
+    from raytt.corpus.config import IngestConfig
     from raytt.corpus.ingest import ingest as run_ingest
 
     return run_ingest(input_dir, out, cfg or IngestConfig(), overwrite=overwrite, progress=progress)
 
 
-def build(bank: str | Path, out: str | Path, cfg: BuildConfig = BuildConfig(), overwrite: bool = False,
-          progress: Progress = print) -> ShardSet:
+def build(
+    bank: str | Path,
+    out: str | Path,
+    cfg: BuildConfig | None = None,
+    overwrite: bool = False,
+    progress: Progress = print,
+) -> ShardSet:
     """Build sequence shards from a bank (the bank is verified while it streams: sha256, norms, keys)."""
     meta = scan_bank(bank, verify=True)
-    shards = build_shards(meta, out, cfg, overwrite=overwrite, progress=progress)
+    shards = build_shards(meta, out, cfg or BuildConfig(), overwrite=overwrite, progress=progress)
     progress(f"build: wrote shards to {out}")
     return shards
 
 
-def import_vectors(npz: str | Path, bank: str | Path, out: str | Path, cfg: BuildConfig = BuildConfig(),
-                   overwrite: bool = False, progress: Progress = print) -> ShardSet:
+def import_vectors(
+    npz: str | Path,
+    bank: str | Path,
+    out: str | Path,
+    cfg: BuildConfig | None = None,
+    overwrite: bool = False,
+    progress: Progress = print,
+) -> ShardSet:
     """Import loose `.npz` sequences as shards by aligning each vector to its bank row (or refuse)."""
-    shards = import_npz(npz, load_bank(bank), out, cfg, overwrite=overwrite, progress=progress)
+    shards = import_npz(npz, load_bank(bank), out, cfg or BuildConfig(), overwrite=overwrite, progress=progress)
     progress(f"import: wrote shards to {out}")
     return shards
 
 
-def inspect(path: str | Path, bank: str | Path | None = None, sample: int = 1000,
-            progress: Progress = print) -> dict:
+def inspect(path: str | Path, bank: str | Path | None = None, sample: int = 1000, progress: Progress = print) -> dict:
     """Summarise a bank or a shard set; for shards, check splits and that sampled rows point into the bank."""
     path = Path(path)
     summary = inspect_shards(path, bank, sample) if is_shards(path) else inspect_bank(path)
@@ -67,10 +97,16 @@ def inspect_bank(path: Path) -> dict:
     meta = scan_bank(path, verify=True)
     lengths = np.bincount(meta.article_codes)
     return {
-        "kind": "bank", "path": str(path), "manifest": meta.manifest.to_json() | {"files": len(meta.manifest.files)},
+        "kind": "bank",
+        "path": str(path),
+        "manifest": meta.manifest.to_json() | {"files": len(meta.manifest.files)},
         "articles": len(meta.article_names),
-        "chunks per article (min/median/mean/max)": [int(lengths.min()), float(np.median(lengths)),
-                                                     round(float(lengths.mean()), 2), int(lengths.max())],
+        "chunks per article (min/median/mean/max)": [
+            int(lengths.min()),
+            float(np.median(lengths)),
+            round(float(lengths.mean()), 2),
+            int(lengths.max()),
+        ],
         "verified": "sha256, keys 0..N-1, dims, finite values, norms, unique (article, position)",
     }
 
@@ -80,16 +116,25 @@ def inspect_shards(path: Path, bank: str | Path | None, sample: int) -> dict:
     bank_path = Path(bank) if bank else bank_of(shards)
     check_provenance(shards.manifest, read_manifest(bank_path), str(path / "manifest.json"))
     meta = scan_bank(bank_path, verify=False)
-    overlap = {f"{a}&{b}": len(set(shards.articles(a)) & set(shards.articles(b)))
-               for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:]}
+    overlap = {
+        f"{a}&{b}": len(set(shards.articles(a)) & set(shards.articles(b)))
+        for i, a in enumerate(SPLITS)
+        for b in SPLITS[i + 1 :]
+    }
     checked = {s: check_rows(shards, s, meta, sample) for s in SPLITS}
     return {
-        "kind": "shards", "path": str(path), "bank": shards.manifest["bank"], "context_len": shards.context_len,
+        "kind": "shards",
+        "path": str(path),
+        "bank": shards.manifest["bank"],
+        "context_len": shards.context_len,
         "min_context": shards.manifest["min_context"],
-        "splits": {s: {"rows": shards.rows(s), "articles": len(shards.articles(s)), "files": len(shards.files(s))}
-                   for s in SPLITS},
+        "splits": {
+            s: {"rows": shards.rows(s), "articles": len(shards.articles(s)), "files": len(shards.files(s))}
+            for s in SPLITS
+        },
         "article overlap": overlap,
-        "rows checked": "article ids of every split read from the rows: disjoint, as the manifest lists, row counts match",
+        "rows checked": "article ids of every split read from the rows: disjoint, as the manifest lists, "
+        "row counts match",
         "sampled rows checked against the bank": checked,
     }
 
@@ -142,42 +187,50 @@ def format_table(table: dict[str, dict[str, float]], title: str) -> str:
 
 
 def train(cfg, progress: Progress = print) -> dict:
-    """Train (or resume) the run `cfg` describes; see `raytt.train`."""
-    from raytt.train import train as run_train
+    """Train (or resume) the run `cfg` describes; see `raytt.training.driver`."""
+    from raytt.training.driver import train as run_train
 
     return run_train(cfg, progress)
 
 
 def tune(search_or_resume, progress: Progress = print) -> list[dict]:
-    """Run a search (a SearchConfig), or resume one from its directory; see `raytt.tune`."""
-    from raytt import tune as search_module
+    """Run a search (a SearchConfig), or resume one from its directory; see `raytt.tuning`."""
+    from raytt import tuning as search_module
 
     if isinstance(search_or_resume, search_module.SearchConfig):
         return search_module.tune(search_or_resume, progress=progress)
     return search_module.tune(search_module.load_search(search_or_resume), resume=True, progress=progress)
 
 
-def demo(out: str | Path = "runs/demo", num_vectors: int = 50_000, train_config: str | Path = "configs/demo.yaml",
-         overwrite: bool = True, progress: Progress = print) -> dict:
+def demo(
+    out: str | Path = "runs/demo",
+    num_vectors: int = 50_000,
+    train_config: str | Path = "configs/demo.yaml",
+    overwrite: bool = True,
+    progress: Progress = print,
+) -> dict:
     """The main job: synthesise a bank, build shards, train with Ray, evaluate on test articles vs baselines."""
     import shutil
 
     from raytt.config import load
-    from raytt.runconfig import TrainConfig
+    from raytt.training.config import TrainConfig
 
     out = Path(out)
     started = time.perf_counter()
     synth(out / "bank", SynthConfig(num_vectors=num_vectors), overwrite=overwrite, progress=progress)
     build(out / "bank", out / "shards", BuildConfig(), overwrite=overwrite, progress=progress)
-    cfg = load(TrainConfig, train_config, [f"data.bank={out / 'bank'}", f"data.shards={out / 'shards'}",
-                                           f"storage={out}"])
+    cfg = load(
+        TrainConfig, train_config, [f"data.bank={out / 'bank'}", f"data.shards={out / 'shards'}", f"storage={out}"]
+    )
     if overwrite:
         shutil.rmtree(cfg.run_dir, ignore_errors=True)
     train(cfg, progress)
     result = evaluate(run=cfg.run_dir, progress=progress)
     verdict = bar(result["views"]["all"])
     progress(verdict)
-    progress(f"demo: done in {time.perf_counter() - started:.0f}s; report in {cfg.run_dir / 'eval' / 'test' / 'report.md'}")
+    progress(
+        f"demo: done in {time.perf_counter() - started:.0f}s; report in {cfg.run_dir / 'eval' / 'test' / 'report.md'}"
+    )
     return result
 
 
@@ -192,41 +245,52 @@ def bar(rows: dict[str, dict[str, float]]) -> str:
         lines.append(f"bar: model R@10 / oracle R@10 = {ratio:.3f} (target >= 0.9): {'yes' if ratio >= 0.9 else 'NO'}")
     return "\n".join(lines)
 
-def evaluate(run: str | Path | None = None, shards: str | Path | None = None, bank: str | Path | None = None,
-             checkpoint: str = "best", split: str = "test", out: str | Path | None = None, max_queries: int = 0,
-             device: str | None = None, progress: Progress = print) -> dict:
+
+def evaluate(
+    run: str | Path | None = None,
+    shards: str | Path | None = None,
+    bank: str | Path | None = None,
+    checkpoint: str = "best",
+    split: str = "test",
+    out: str | Path | None = None,
+    max_queries: int = 0,
+    device: str | None = None,
+    progress: Progress = print,
+) -> dict:
     """Full-bank evaluation of a run's checkpoint (or, with no run, of the baselines alone); writes the report.
 
     `run` may be a storage URI (`s3://bucket/runs/NAME`): it is mirrored locally and the report uploaded beside it.
     """
     from raytt import report
-    from raytt.checkpoints import pull, push, resolve
+    from raytt.checkpoints import resolve
     from raytt.config import load
-    from raytt.evaluate import Model
-    from raytt.evaluate import evaluate as run_eval
-    from raytt.runconfig import TrainConfig
+    from raytt.evaluation import Model
+    from raytt.evaluation import evaluate as run_eval
+    from raytt.rundir import RunDir
+    from raytt.training.config import TrainConfig
 
     if split not in SPLITS:
         raise RayttError(f"eval: --split must be one of {SPLITS}, got {split!r}")
-    model, metrics_jsonl, remote = None, None, None
+    model, metrics_jsonl, run_dir = None, None, None
     if run is not None:
-        remote = str(run) if is_uri(run) else None
-        run = mirror_of(remote) if remote else Path(run)
-        pull(remote, run, with_checkpoints=checkpoint != "best")
-        if not (run / "config.yaml").is_file():
-            raise RayttError(f"{run}: not a run directory (no config.yaml); train one with `raytt train`")
-        cfg = load(TrainConfig, run / "config.yaml")
+        run_dir = RunDir(mirror_of(str(run)), str(run)) if is_uri(run) else RunDir(Path(run))
+        run_dir.pull(with_checkpoints=checkpoint != "best")
+        if not run_dir.config.is_file():
+            raise RayttError(f"{run_dir.path}: not a run directory (no config.yaml); train one with `raytt train`")
+        cfg = load(TrainConfig, run_dir.config)
         shards = shards or cfg.data.shards
-        model = Model(run, resolve(run, checkpoint), cfg.data.batch_size)
-        out = out or run / "eval" / split
-        metrics_jsonl = run / "metrics.jsonl"
+        model = Model(run_dir.path, resolve(run_dir.path, checkpoint), cfg.data.batch_size)
+        out = out or run_dir.eval_dir(split)
+        metrics_jsonl = run_dir.metrics
     elif shards is None or out is None:
         raise RayttError("eval: give --run RUN, or --shards DIR --out DIR for the baselines alone")
     result = run_eval(shards, split, model, bank, max_queries, device=device, progress=progress)
     text = report.console(result)
     report.write(result, out, metrics_jsonl)
     progress(text)
-    push(run, remote)
+    remote = run_dir.remote if run_dir else None
+    if run_dir:
+        run_dir.push()
     progress(f"eval: wrote {Path(out) / 'report.md'} and plots" + (f", uploaded to {remote}" if remote else ""))
     return result
 

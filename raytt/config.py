@@ -6,6 +6,7 @@ a run config fails before Ray starts instead of being silently ignored.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -17,6 +18,11 @@ import yaml
 from raytt.errors import ConfigError
 
 C = TypeVar("C")
+
+
+def doc(text: str) -> dict[str, str]:
+    """A config field's help text, as `dataclasses.field(metadata=...)`: flags and `raytt config` show it."""
+    return {"help": text}
 
 
 def load(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
@@ -64,8 +70,7 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "config", section
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {unknown} in {section or 'the top level'}; "
-            f"known keys: {sorted(fields)}"
+            f"{where}: unknown key(s) {unknown} in {section or 'the top level'}; known keys: {sorted(fields)}"
         )
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -80,6 +85,7 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "config", section
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain, YAML-safe mapping of a config (tuples become lists)."""
+
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -88,6 +94,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         return value
+
     return plain(cfg)
 
 
@@ -141,10 +148,8 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
         raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{where}: {key} must be a number, got {value!r}")

@@ -1,47 +1,36 @@
-"""Parameter-free query baselines over context vectors: what any trained tower must beat.
+"""The heuristic baselines every trained tower must beat, as parameter-free towers.
 
-Context arrays are [Q, k, D], left-padded; `lengths` [Q] says how many rows at the right end are real.
+`last`, `mean` and `exp<alpha>` are `TwoTower`s with no parameters, and their queries come from
+`towers.query_vectors`, the function that also encodes a trained tower's queries for training,
+validation and evaluation: baselines and models are compared through one code path.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from raytt.towers import TowerConfig, TwoTower, query_vectors
+
 EXP_ALPHAS = (0.1, 0.3, 0.5, 0.7)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+def baseline_towers(alphas: tuple[float, ...] = EXP_ALPHAS) -> dict[str, TowerConfig]:
+    """Every baseline's tower config by name: last, mean, exp0.1, exp0.3, ..."""
+    towers = {"last": TowerConfig(query="last"), "mean": TowerConfig(query="mean")}
+    towers.update({f"exp{a:g}": TowerConfig(query="exp", alpha=a) for a in alphas})
+    return towers
 
 
-def last(context: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The last context vector."""
-    return _unit(context[:, -1])
-
-
-def mean(context: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Mean of the real (unpadded) context vectors."""
-    return exp_weighted(context, lengths, 1.0)
-
-
-def exp_weighted(context: np.ndarray, lengths: np.ndarray, alpha: float) -> np.ndarray:
-    """Weighted mean with weight alpha**d for the vector d steps back from the last (d = 0)."""
-    k = context.shape[1]
-    back = np.arange(k)[::-1]
-    weights = np.where(back[None, :] < np.asarray(lengths)[:, None], float(alpha) ** back[None, :], 0.0)
-    return _unit(np.einsum("qk,qkd->qd", weights.astype(np.float32), context))
-
-
-def baselines(context: np.ndarray, lengths: np.ndarray, alphas: tuple[float, ...] = EXP_ALPHAS) -> dict:
-    """Every baseline's queries by name: last, mean, exp0.1, exp0.3, ..."""
-    out = {"last": last(context, lengths), "mean": mean(context, lengths)}
-    out.update({f"exp{a:g}": exp_weighted(context, lengths, a) for a in alphas})
-    return out
-
-
-def gather_context(bank_vectors: np.ndarray, context_keys: np.ndarray) -> np.ndarray:
-    """Context vectors [Q, k, D] for left-padded keys (-1 -> zero vector)."""
-    keys = np.asarray(context_keys)
-    vecs = bank_vectors[np.clip(keys, 0, None)]
-    vecs[keys < 0] = 0.0
-    return vecs
+def baselines(
+    bank: np.ndarray,
+    context_keys: np.ndarray,
+    lengths: np.ndarray,
+    alphas: tuple[float, ...] = EXP_ALPHAS,
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
+    """Every baseline's unit queries [Q, D] by name, for left-padded context keys [Q, k] into `bank`."""
+    dim = bank.shape[1]
+    return {
+        name: query_vectors(TwoTower(cfg, dim), bank, context_keys, lengths, device=device)
+        for name, cfg in baseline_towers(alphas).items()
+    }

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from raytt import runlog
 from raytt.errors import RayttError
-from raytt.evaluate import KS, VIEWS
+from raytt.evaluation import KS, VIEWS
+from raytt.rundir import read
 from raytt.storage import atomic_dir, read_json, write_json
 
 TABLE_COLUMNS = ("R@1", "R@10", "R@100", "R@1000", "MRR@10", "NDCG@10", "median_rank")
@@ -48,49 +48,72 @@ def table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = TABLE_CO
 def console(report: dict) -> str:
     """The text printed after every evaluation: both views, always."""
     head = f"{report['split']}: {report['queries']:,} queries, full bank of {report['bank']['num_vectors']:,}"
-    parts = [f"{head} (all candidates; * = best)", table(report["views"]["all"]),
-             f"{head} (context chunks excluded)", table(report["views"]["context_excluded"])]
+    parts = [
+        f"{head} (all candidates; * = best)",
+        table(report["views"]["all"]),
+        f"{head} (context chunks excluded)",
+        table(report["views"]["context_excluded"]),
+    ]
     model = report["in_batch"].get("model")
     if model:
-        parts.append(f"model: in-batch accuracy {model['in_batch_accuracy']:.3f} (batch {model['batch']}) vs "
-                     f"full-bank Recall@1 {model['full_bank_R@1']:.3f}")
+        parts.append(
+            f"model: in-batch accuracy {model['in_batch_accuracy']:.3f} (batch {model['batch']}) vs "
+            f"full-bank Recall@1 {model['full_bank_R@1']:.3f}"
+        )
     if "val_test_gap" in report:
         g = report["val_test_gap"]
-        parts.append("model R@10: " + ", ".join(f"{k} {v:+.3f}" if k == "gap" else f"{k} {v:.3f}" for k, v in g.items()))
+        parts.append(
+            "model R@10: " + ", ".join(f"{k} {v:+.3f}" if k == "gap" else f"{k} {v:.3f}" for k, v in g.items())
+        )
     return "\n".join(parts)
 
 
 def markdown(report: dict) -> str:
+    """report.md: what was evaluated against what, both views, rank buckets, diagnostics, in-batch vs full-bank."""
     check = report["oracle_check"]
-    lines = [f"# Evaluation: {report['split']} split", "",
-             f"- run: `{report['run']}`, checkpoint: `{report['checkpoint']}`" if report["run"] else "- no run: baselines only",
-             f"- queries: {report['queries']:,} (context length {report['context_len']}), shards `{report['shards']}`",
-             f"- bank: `{report['bank']['path']}`, {report['bank']['num_vectors']:,} x {report['bank']['dim']}, "
-             f"embedder `{report['bank']['embedder_id']}`, sha256 `{report['bank']['sha256'][:16]}`",
-             f"- oracle check: truth vectors as queries give Recall@1 = {check['recall@1']:.1%} "
-             f"({check['exact_duplicates']} exact duplicates; mean cosine to the bank row "
-             f"{check['mean_cos_truth_to_bank_row']:.4f})",
-             "- ties count against the model: a candidate scoring within 1e-5 of the truth ranks ahead of it.", ""]
+    lines = [
+        f"# Evaluation: {report['split']} split",
+        "",
+        f"- run: `{report['run']}`, checkpoint: `{report['checkpoint']}`"
+        if report["run"]
+        else "- no run: baselines only",
+        f"- queries: {report['queries']:,} (context length {report['context_len']}), shards `{report['shards']}`",
+        f"- bank: `{report['bank']['path']}`, {report['bank']['num_vectors']:,} x {report['bank']['dim']}, "
+        f"embedder `{report['bank']['embedder_id']}`, sha256 `{report['bank']['sha256'][:16]}`",
+        f"- oracle check: truth vectors as queries give Recall@1 = {check['recall@1']:.1%} "
+        f"({check['exact_duplicates']} exact duplicates; mean cosine to the bank row "
+        f"{check['mean_cos_truth_to_bank_row']:.4f})",
+        "- ties count against the model: a candidate scoring within 1e-5 of the truth ranks ahead of it.",
+        "",
+    ]
     for view in VIEWS:
-        lines += [f"## Full-bank retrieval, {view.replace('_', ' ')} (* = best)", "",
-                  table(report["views"][view], markdown=True), ""]
+        lines += [
+            f"## Full-bank retrieval, {view.replace('_', ' ')} (* = best)",
+            "",
+            table(report["views"][view], markdown=True),
+            "",
+        ]
     bins = list(next(iter(report["histogram"].values())))
-    lines += ["## Rank of the truth, queries per bucket (all candidates)", "",
-              "| method | " + " | ".join(bins) + " |", "|---" * (len(bins) + 1) + "|"]
+    lines += [
+        "## Rank of the truth, queries per bucket (all candidates)",
+        "",
+        "| method | " + " | ".join(bins) + " |",
+        "|---" * (len(bins) + 1) + "|",
+    ]
     lines += [f"| {n} | " + " | ".join(str(h[b]) for b in bins) + " |" for n, h in report["histogram"].items()]
     lines.append("")
-    lines += ["## Diagnostics (all candidates)", "",
-              "| method | cos truth p50 | cos top impostor p50 | margin mean | margin > 0 | impostor: context | same article | other article |",
-              "|---|---|---|---|---|---|---|---|"]
-    for name, d in report["diagnostics"].items():
-        src = d["top_impostor_from"]
-        lines.append(f"| {name} | {d['cos_truth']['p50']:.3f} | {d['cos_top_impostor']['p50']:.3f} | "
-                     f"{d['margin_mean']:+.3f} | {d['positive_margin_share']:.3f} | {src['context_chunk']:.3f} | "
-                     f"{src['same_article']:.3f} | {src['other_article']:.3f} |")
-    lines += ["", "## In-batch accuracy vs full-bank Recall@1", "", "| method | batch | in-batch accuracy | full-bank R@1 |",
-              "|---|---|---|---|"]
-    lines += [f"| {n} | {v['batch']} | {v['in_batch_accuracy']:.3f} | {v['full_bank_R@1']:.3f} |"
-              for n, v in report["in_batch"].items()]
+    lines += diagnostics_section(report["diagnostics"])
+    lines += [
+        "",
+        "## In-batch accuracy vs full-bank Recall@1",
+        "",
+        "| method | batch | in-batch accuracy | full-bank R@1 |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {n} | {v['batch']} | {v['in_batch_accuracy']:.3f} | {v['full_bank_R@1']:.3f} |"
+        for n, v in report["in_batch"].items()
+    ]
     if "val_test_gap" in report:
         lines += ["", "## Val vs test (model R@10)", "", json.dumps(report["val_test_gap"])]
     lines += ["", "## Plots", "", "![recall](recall_at_k.png)", "![ranks](rank_histogram.png)"]
@@ -99,16 +122,38 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def diagnostics_section(diagnostics: dict) -> list[str]:
+    """The report's diagnostics table: margins and where each method's top impostor comes from."""
+    lines = [
+        "## Diagnostics (all candidates)",
+        "",
+        "| method | cos truth p50 | cos top impostor p50 | margin mean | margin > 0 | impostor: context "
+        "| same article | other article |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, d in diagnostics.items():
+        src = d["top_impostor_from"]
+        lines.append(
+            f"| {name} | {d['cos_truth']['p50']:.3f} | {d['cos_top_impostor']['p50']:.3f} | "
+            f"{d['margin_mean']:+.3f} | {d['positive_margin_share']:.3f} | {src['context_chunk']:.3f} | "
+            f"{src['same_article']:.3f} | {src['other_article']:.3f} |"
+        )
+    return lines
+
+
 def plots(report: dict, ranks: dict[str, np.ndarray], folder: Path, metrics_jsonl: Path | None) -> list[str]:
     """Recall@K curves of every method, the rank histogram, and training curves when a run has them."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, row in report["views"]["all"].items():
-        style = dict(linewidth=2.5, color="black") if name == "model" else dict(linestyle="--" if name == "oracle" else "-")
+        style = (
+            dict(linewidth=2.5, color="black") if name == "model" else dict(linestyle="--" if name == "oracle" else "-")
+        )
         ax.plot(KS, [row[f"R@{k}"] for k in KS], marker="o", label=name, **style)
     ax.set(xscale="log", xlabel="K", ylabel="Recall@K", ylim=(0, 1), title=f"Full-bank Recall@K ({report['split']})")
     ax.grid(alpha=0.3)
@@ -131,15 +176,19 @@ def plots(report: dict, ranks: dict[str, np.ndarray], folder: Path, metrics_json
     plt.close(fig)
 
     if metrics_jsonl and metrics_jsonl.is_file():
-        steps = runlog.read(metrics_jsonl, "train")
-        epochs = runlog.read(metrics_jsonl, "epoch")
+        steps = read(metrics_jsonl, "train")
+        epochs = read(metrics_jsonl, "epoch")
         if steps:
             fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
             a.plot([r["step"] for r in steps], [r["train/loss"] for r in steps])
             a.set(xlabel="step", ylabel="train loss", title="loss")
             b.plot([r["step"] for r in epochs], [r["val/R@10"] for r in epochs], marker="o", label="val full-bank R@10")
-            b.plot([r["step"] for r in epochs], [r["val/in_batch_acc"] for r in epochs], marker="s",
-                   label="val in-batch accuracy")
+            b.plot(
+                [r["step"] for r in epochs],
+                [r["val/in_batch_acc"] for r in epochs],
+                marker="s",
+                label="val in-batch accuracy",
+            )
             b.set(xlabel="step", ylim=(0, 1), title="validation")
             b.legend()
             fig.tight_layout()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from raytt.errors import RayttError
 
@@ -69,14 +69,17 @@ def check(request: Request, capacity: Capacity) -> None:
     for ask in request.asks:
         if ask.count and not any(_fits(ask, shape) for shape in capacity.shapes):
             largest = max(capacity.shapes, key=lambda s: (s.get("GPU", 0), s.get("CPU", 0)), default={})
-            raise ResourceError(f"asked for {request.describe()}, but no node can hold one {ask.what} "
-                                f"({ask.cpus:g} CPU, {ask.gpus:g} GPU): the largest node of {capacity.where} has "
-                                f"{largest.get('CPU', 0):g} CPU and {largest.get('GPU', 0):g} GPU"
-                                + _hint(ask))
+            raise ResourceError(
+                f"asked for {request.describe()}, but no node can hold one {ask.what} "
+                f"({ask.cpus:g} CPU, {ask.gpus:g} GPU): the largest node of {capacity.where} has "
+                f"{largest.get('CPU', 0):g} CPU and {largest.get('GPU', 0):g} GPU" + _hint(ask)
+            )
     for key in ("CPU", "GPU"):
         if request.total(key) > capacity.most.get(key, 0) + 1e-9:
-            raise ResourceError(f"asked for {request.describe()}, but {capacity.describe()}; "
-                                f"lower workers, threads_per_worker or mining.actors, or join a larger cluster")
+            raise ResourceError(
+                f"asked for {request.describe()}, but {capacity.describe()}; "
+                f"lower workers, threads_per_worker or mining.actors, or join a larger cluster"
+            )
 
 
 def _fits(ask: Ask, shape: dict) -> bool:
@@ -91,8 +94,11 @@ def _hint(ask: Ask) -> str:
 
 def private_capacity(cpus: float) -> Capacity:
     """The private Ray `session.start_ray` would start here: sized for the run, with this machine's GPUs."""
-    return Capacity(({"CPU": cpus, "GPU": local_gpus()},), {"CPU": cpus, "GPU": local_gpus()},
-                    "this machine (no Ray cluster joined)")
+    return Capacity(
+        ({"CPU": cpus, "GPU": local_gpus()},),
+        {"CPU": cpus, "GPU": local_gpus()},
+        "this machine (no Ray cluster joined)",
+    )
 
 
 def local_gpus() -> int:
@@ -125,8 +131,9 @@ def free() -> dict:
     return {k: ray.available_resources().get(k, 0.0) for k in ("CPU", "GPU")}
 
 
-def wait_until_free(request: Request, timeout_s: float, progress: Callable[[str], None] = print,
-                    free_now: Callable[[], dict] = free) -> None:
+def wait_until_free(
+    request: Request, timeout_s: float, progress: Callable[[str], None] = print, free_now: Callable[[], dict] = free
+) -> None:
     """Wait (at most `timeout_s`) until the cluster has the request's CPUs and GPUs free, saying what is pending."""
     started = time.monotonic()
     said = -math.inf
@@ -138,12 +145,16 @@ def wait_until_free(request: Request, timeout_s: float, progress: Callable[[str]
         waited = time.monotonic() - started
         pending = ", ".join(f"{v:g} more {k}" for k, v in short.items())
         if waited >= timeout_s:
-            raise ResourceError(f"asked for {request.describe()}; after {waited:.0f}s the cluster still lacks "
-                                f"{pending} (free: {now['CPU']:g} CPU, {now['GPU']:g} GPU). Other work holds them: "
-                                f"free them, or raise resource_timeout_s (now {timeout_s:g})")
+            raise ResourceError(
+                f"asked for {request.describe()}; after {waited:.0f}s the cluster still lacks "
+                f"{pending} (free: {now['CPU']:g} CPU, {now['GPU']:g} GPU). Other work holds them: "
+                f"free them, or raise resource_timeout_s (now {timeout_s:g})"
+            )
         if waited - said >= SAY_EVERY_S:
-            progress(f"resources: waiting for {pending} (asked for {request.describe()}; free now "
-                     f"{now['CPU']:g} CPU, {now['GPU']:g} GPU; giving up after {timeout_s:g}s)")
+            progress(
+                f"resources: waiting for {pending} (asked for {request.describe()}; free now "
+                f"{now['CPU']:g} CPU, {now['GPU']:g} GPU; giving up after {timeout_s:g}s)"
+            )
             said = waited
         time.sleep(POLL_S)
 

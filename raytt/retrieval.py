@@ -9,94 +9,67 @@ best-scoring candidate other than the truth) of each view for diagnostics.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from raytt.errors import RayttError
+from raytt.devices import resolve_device
+from raytt.tensors import as_tensor
 
 TIE_EPS = 1e-5
-
-
-def as_tensor(array: np.ndarray) -> torch.Tensor:
-    """Zero-copy tensor view of a numpy array, read-only ones (from the object store) included."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
-
-
-def default_device(choice: str | None = None) -> str:
-    """`None`/`auto` -> CUDA when torch sees a GPU, else CPU; asking for `cuda` without one is an error."""
-    if choice in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice not in ("cpu", "cuda"):
-        raise RayttError(f"device must be auto, cpu or cuda, got {choice!r}")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RayttError("device 'cuda' asked for, but torch sees no GPU here (use auto or cpu)")
-    return choice
 
 
 @dataclass
 class Scan:
     """Per-query results of one pass over the index."""
 
-    ranks: np.ndarray           # [Q] rank of the truth among all candidates
-    ranks_excl: np.ndarray      # [Q] rank with the query's context chunks removed
-    truth_score: np.ndarray     # [Q] q . index[truth]
+    ranks: np.ndarray  # [Q] rank of the truth among all candidates
+    ranks_excl: np.ndarray  # [Q] rank with the query's context chunks removed
+    truth_score: np.ndarray  # [Q] q . index[truth]
     impostor_score: np.ndarray  # [Q] best score of any other candidate (all-candidates view)
-    impostor_key: np.ndarray    # [Q] its key
+    impostor_key: np.ndarray  # [Q] its key
     impostor_score_excl: np.ndarray  # [Q] the same with context chunks removed
     impostor_key_excl: np.ndarray
 
 
-def scan(queries: np.ndarray, truth: np.ndarray, index: np.ndarray, context: np.ndarray | None = None,
-         bank_chunk: int = 4_096, query_block: int = 256, device: str | None = None) -> Scan:
+def scan(
+    queries: np.ndarray,
+    truth: np.ndarray,
+    index: np.ndarray,
+    context: np.ndarray | None = None,
+    bank_chunk: int = 4_096,
+    query_block: int = 256,
+    device: str | None = None,
+) -> Scan:
     """Rank every query's truth against the whole index (exact inner product), in both views.
 
     `context` [Q, k] holds each query's context keys (-1 = padding). One pass over the index with the
     truth and the context chunks masked gives the context-excluded rank and top impostor; the context
     chunks' own scores then give the all-candidates view, so the two views differ by exactly those
     chunks. Blocks are small enough that the max and count passes run on cache-hot scores, and rows
-whose block maximum is below their truth skip the count (no candidate there can rank ahead).
+    whose block maximum is below their truth skip the count (no candidate there can rank ahead).
     """
-    device = default_device(device)
+    device = resolve_device(device)
     q_all = as_tensor(np.ascontiguousarray(queries, dtype=np.float32))
     idx = as_tensor(index)
     idx_dev = idx.to(device) if device != "cpu" else idx
     truth_np = np.asarray(truth, dtype=np.int64)
-    ctx_np = _distinct_context(np.asarray(context, dtype=np.int64), truth_np) if context is not None \
+    ctx_np = (
+        _distinct_context(np.asarray(context, dtype=np.int64), truth_np)
+        if context is not None
         else np.full((len(truth_np), 1), -1, dtype=np.int64)
+    )
     blocked_all = torch.as_tensor(np.concatenate([truth_np[:, None], ctx_np], 1))
-    n, nq = idx.shape[0], len(truth_np)
+    nq = len(truth_np)
     counts = torch.empty(nq, dtype=torch.int64)
     truth_score, best_s = torch.empty(nq), torch.empty(nq)
     best_k = torch.empty(nq, dtype=torch.int64)
     for qs in range(0, nq, query_block):
-        q = q_all[qs:qs + query_block].to(device)
-        blocked = blocked_all[qs:qs + query_block].to(device)
-        target = (q * idx_dev[blocked[:, 0]]).sum(1)
-        threshold = (target - TIE_EPS)[:, None]
-        count = torch.zeros(len(q), dtype=torch.int64, device=device)
-        top_s = torch.full((len(q),), -torch.inf, device=device)
-        top_k = torch.full((len(q),), -1, dtype=torch.int64, device=device)
-        for bs in range(0, n, bank_chunk):
-            scores = q @ idx_dev[bs:bs + bank_chunk].T
-            rows, cols = torch.nonzero((blocked >= bs) & (blocked < bs + scores.shape[1]), as_tuple=True)
-            scores[rows, blocked[rows, cols] - bs] = -torch.inf
-            s = scores.amax(1)
-            better = torch.nonzero(s > top_s).squeeze(1)
-            if len(better):
-                top_s[better] = s[better]
-                top_k[better] = scores[better].argmax(1) + bs
-            hit = torch.nonzero(s >= threshold[:, 0]).squeeze(1)
-            if 2 * len(hit) > len(q):
-                count += _at_or_above(scores, threshold)
-            elif len(hit):
-                count[hit] += _at_or_above(scores[hit], threshold[hit])
+        q = q_all[qs : qs + query_block].to(device)
+        blocked = blocked_all[qs : qs + query_block].to(device)
         sl = slice(qs, qs + len(q))
-        counts[sl], truth_score[sl], best_s[sl], best_k[sl] = count.cpu(), target.cpu(), top_s.cpu(), top_k.cpu()
+        counts[sl], truth_score[sl], best_s[sl], best_k[sl] = _scan_block(q, blocked, idx_dev, bank_chunk)
     ranks_excl = counts.numpy() + 1
     ctx_scores = torch.einsum("qd,qkd->qk", q_all, idx[torch.as_tensor(ctx_np).clamp(min=0)]).numpy()
     ctx_scores[ctx_np < 0] = -np.inf
@@ -104,10 +77,42 @@ whose block maximum is below their truth skip the count (no candidate there can 
     best_ctx = ctx_scores.argmax(1)
     ctx_best_s = ctx_scores[np.arange(nq), best_ctx]
     from_ctx = ctx_best_s > best_s.numpy()
-    return Scan(ranks=ranks_excl + ahead, ranks_excl=ranks_excl, truth_score=truth_score.numpy(),
-                impostor_score=np.where(from_ctx, ctx_best_s, best_s.numpy()),
-                impostor_key=np.where(from_ctx, ctx_np[np.arange(nq), best_ctx], best_k.numpy()),
-                impostor_score_excl=best_s.numpy(), impostor_key_excl=best_k.numpy())
+    return Scan(
+        ranks=ranks_excl + ahead,
+        ranks_excl=ranks_excl,
+        truth_score=truth_score.numpy(),
+        impostor_score=np.where(from_ctx, ctx_best_s, best_s.numpy()),
+        impostor_key=np.where(from_ctx, ctx_np[np.arange(nq), best_ctx], best_k.numpy()),
+        impostor_score_excl=best_s.numpy(),
+        impostor_key_excl=best_k.numpy(),
+    )
+
+
+def _scan_block(q: torch.Tensor, blocked: torch.Tensor, index: torch.Tensor, bank_chunk: int):
+    """One block of queries against the whole index, `blocked` keys masked (column 0: the truth).
+
+    Returns (candidates at or above the truth's score, the truth's score, top impostor score and key), on CPU.
+    """
+    target = (q * index[blocked[:, 0]]).sum(1)
+    threshold = (target - TIE_EPS)[:, None]
+    count = torch.zeros(len(q), dtype=torch.int64, device=q.device)
+    top_s = torch.full((len(q),), -torch.inf, device=q.device)
+    top_k = torch.full((len(q),), -1, dtype=torch.int64, device=q.device)
+    for bs in range(0, index.shape[0], bank_chunk):
+        scores = q @ index[bs : bs + bank_chunk].T
+        rows, cols = torch.nonzero((blocked >= bs) & (blocked < bs + scores.shape[1]), as_tuple=True)
+        scores[rows, blocked[rows, cols] - bs] = -torch.inf
+        s = scores.amax(1)
+        better = torch.nonzero(s > top_s).squeeze(1)
+        if len(better):
+            top_s[better] = s[better]
+            top_k[better] = scores[better].argmax(1) + bs
+        hit = torch.nonzero(s >= threshold[:, 0]).squeeze(1)
+        if 2 * len(hit) > len(q):
+            count += _at_or_above(scores, threshold)
+        elif len(hit):
+            count[hit] += _at_or_above(scores[hit], threshold[hit])
+    return count.cpu(), target.cpu(), top_s.cpu(), top_k.cpu()
 
 
 def _at_or_above(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -128,8 +133,9 @@ def _distinct_context(context: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.where(first, keys, -1)
 
 
-def truth_ranks(queries: np.ndarray, truth: np.ndarray, bank: np.ndarray, exclude: np.ndarray | None = None,
-                **kwargs) -> np.ndarray:
+def truth_ranks(
+    queries: np.ndarray, truth: np.ndarray, bank: np.ndarray, exclude: np.ndarray | None = None, **kwargs
+) -> np.ndarray:
     """1-based rank of `bank[truth[i]]` for query i; with `exclude` [Q, m], the context-excluded rank."""
     result = scan(queries, truth, bank, context=exclude, **kwargs)
     return result.ranks if exclude is None else result.ranks_excl

@@ -9,10 +9,10 @@ metadata, not by the number of windows.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raytt.bank import Bank, BankManifest, BankMeta
+from raytt.config import doc
 from raytt.errors import ConfigError, GateError, RayttError, ShardError
 from raytt.storage import atomic_dir, read_json, write_json
 
@@ -35,13 +36,14 @@ ALIGN_MIN_COVERAGE = 0.99
 class BuildConfig:
     """How shards are cut from a bank."""
 
-    context_len: int = field(default=5, metadata={"help": "k: context chunks per row (left-padded with -1)"})
-    split: tuple[float, float, float] = field(default=(0.8, 0.1, 0.1),
-                                              metadata={"help": "train,val,test shares of articles"})
-    seed: int = field(default=0, metadata={"help": "seed of the article split"})
-    min_context: int = field(default=1, metadata={"help": "fewest context chunks a row may have"})
-    min_train_pairs: int = field(default=1000, metadata={"help": "refuse to build with fewer training rows"})
-    rows_per_file: int = field(default=262_144, metadata={"help": "rows per Parquet shard file"})
+    context_len: int = field(default=5, metadata=doc("k: context chunks per row (left-padded with -1)"))
+    split: tuple[float, float, float] = field(
+        default=(0.8, 0.1, 0.1), metadata=doc("train,val,test shares of articles")
+    )
+    seed: int = field(default=0, metadata=doc("seed of the article split"))
+    min_context: int = field(default=1, metadata=doc("fewest context chunks a row may have"))
+    min_train_pairs: int = field(default=1000, metadata=doc("refuse to build with fewer training rows"))
+    rows_per_file: int = field(default=262_144, metadata=doc("rows per Parquet shard file"))
 
     def __post_init__(self) -> None:
         if self.context_len < 1:
@@ -78,36 +80,52 @@ class ShardSet:
         """The whole split as one table (for evaluation and inspection; training streams instead)."""
         files = self.files(split)
         try:
-            return pa.concat_tables([pq.read_table(f) for f in files]) if files else shard_schema(self.context_len).empty_table()
+            return (
+                pa.concat_tables([pq.read_table(f) for f in files])
+                if files
+                else shard_schema(self.context_len).empty_table()
+            )
         except (pa.ArrowException, OSError) as exc:
             raise ShardError(f"{self.path}: split {split!r} is unreadable ({exc})") from exc
 
 
 def shard_schema(context_len: int) -> pa.Schema:
-    return pa.schema([
-        pa.field("context_keys", pa.list_(pa.int64(), context_len), nullable=False),
-        pa.field("context_len", pa.int32(), nullable=False),
-        pa.field("target_key", pa.int64(), nullable=False),
-        pa.field("article_id", pa.string(), nullable=False),
-    ])
+    return pa.schema(
+        [
+            pa.field("context_keys", pa.list_(pa.int64(), context_len), nullable=False),
+            pa.field("context_len", pa.int32(), nullable=False),
+            pa.field("target_key", pa.int64(), nullable=False),
+            pa.field("article_id", pa.string(), nullable=False),
+        ]
+    )
 
 
 def assign_splits(names: list[str] | tuple[str, ...], fractions: tuple[float, ...], seed: int) -> np.ndarray:
     """Split index (0=train, 1=val, 2=test) per article: a stable hash, so adding articles moves none."""
     edges = np.cumsum(fractions)[:-1]
-    u = np.array([int.from_bytes(hashlib.blake2b(f"{seed}\x00{n}".encode(), digest_size=8).digest(), "little")
-                  for n in names], dtype=np.float64) / 2.0**64
+    u = (
+        np.array(
+            [
+                int.from_bytes(hashlib.blake2b(f"{seed}\x00{n}".encode(), digest_size=8).digest(), "little")
+                for n in names
+            ],
+            dtype=np.float64,
+        )
+        / 2.0**64
+    )
     return np.searchsorted(edges, u, side="right").astype(np.int8)
 
 
 def check_disjoint(articles: dict[str, list[str]], where: str) -> None:
     """Refuse article overlap between splits, naming the count and a few ids."""
     for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1:]:
+        for b in SPLITS[i + 1 :]:
             common = sorted(set(articles.get(a, [])) & set(articles.get(b, [])))
             if common:
-                raise GateError(f"{where}: {len(common)} article(s) are in both {a} and {b} "
-                                f"(e.g. {common[:5]}): evaluation would be leaked")
+                raise GateError(
+                    f"{where}: {len(common)} article(s) are in both {a} and {b} "
+                    f"(e.g. {common[:5]}): evaluation would be leaked"
+                )
 
 
 def check_enough(train_rows: int, num_vectors: int, minimum: int, where: str) -> None:
@@ -178,10 +196,15 @@ class _ShardWriter:
                 self._writer = pq.ParquetWriter(self.root / name, shard_schema(self.k), compression="zstd")
             take = min(len(target) - start, self.rows_per_file - self._in_file)
             sl = slice(start, start + take)
-            table = pa.Table.from_arrays([
-                pa.FixedSizeListArray.from_arrays(pa.array(ctx[sl].reshape(-1)), self.k),
-                pa.array(ctx_len[sl]), pa.array(target[sl]), pa.array(list(names[sl]), type=pa.string()),
-            ], schema=shard_schema(self.k))
+            table = pa.Table.from_arrays(
+                [
+                    pa.FixedSizeListArray.from_arrays(pa.array(ctx[sl].reshape(-1)), self.k),
+                    pa.array(ctx_len[sl]),
+                    pa.array(target[sl]),
+                    pa.array(list(names[sl]), type=pa.string()),
+                ],
+                schema=shard_schema(self.k),
+            )
             self._writer.write_table(table)
             self.rows += take
             self._in_file += take
@@ -204,36 +227,48 @@ def _batches_of_runs(rows_per_run: np.ndarray, runs: np.ndarray, batch_rows: int
             yield runs[a:b]
 
 
-def _manifest(bank: BankManifest, bank_path: Path | None, cfg: BuildConfig, articles: dict, writers: dict,
-              extra: dict | None = None) -> dict:
+def _manifest(
+    bank: BankManifest,
+    bank_path: Path | None,
+    cfg: BuildConfig,
+    articles: dict,
+    writers: dict,
+    extra: dict | None = None,
+) -> dict:
     return {
         "format": FORMAT,
-        "bank": {"path": str(bank_path.resolve()) if bank_path else "", "sha256": bank.sha256,
-                 "embedder_id": bank.embedder_id, "num_vectors": bank.num_vectors, "dim": bank.dim},
+        "bank": {
+            "path": str(bank_path.resolve()) if bank_path else "",
+            "sha256": bank.sha256,
+            "embedder_id": bank.embedder_id,
+            "num_vectors": bank.num_vectors,
+            "dim": bank.dim,
+        },
         "context_len": cfg.context_len,
         "min_context": cfg.min_context,
         "seed": cfg.seed,
         "split_fractions": list(cfg.split),
-        "splits": {s: {"rows": writers[s].rows, "files": writers[s].files, "articles": articles[s]}
-                   for s in SPLITS},
+        "splits": {s: {"rows": writers[s].rows, "files": writers[s].files, "articles": articles[s]} for s in SPLITS},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
 
 
-def build_shards(meta: BankMeta, out: str | Path, cfg: BuildConfig, overwrite: bool = False,
-                 progress: Callable[[str], None] = print) -> ShardSet:
+def build_shards(
+    meta: BankMeta, out: str | Path, cfg: BuildConfig, overwrite: bool = False, progress: Callable[[str], None] = print
+) -> ShardSet:
     """Cut (context -> next chunk) rows from a bank into split shards, after every gate has passed."""
     where = f"build {out}"
     plan = _plan(meta, cfg)
-    articles = {s: sorted(plan.run_names[i] for i in np.flatnonzero(plan.run_split == n))
-                for n, s in enumerate(SPLITS)}
+    articles = {s: sorted(plan.run_names[i] for i in np.flatnonzero(plan.run_split == n)) for n, s in enumerate(SPLITS)}
     rows = {s: int(plan.rows_per_run[plan.run_split == n].sum()) for n, s in enumerate(SPLITS)}
     check_disjoint(articles, where)
     for n, s in enumerate(SPLITS):
         if cfg.split[n] > 0 and rows[s] == 0:
-            raise GateError(f"{where}: split {s!r} gets no rows from {len(plan.run_names)} articles; "
-                            "use more articles or other --split shares")
+            raise GateError(
+                f"{where}: split {s!r} gets no rows from {len(plan.run_names)} articles; "
+                "use more articles or other --split shares"
+            )
     check_enough(rows["train"], meta.manifest.num_vectors, cfg.min_train_pairs, where)
     progress(f"build: {len(plan.run_names):,} articles -> " + ", ".join(f"{s} {rows[s]:,} rows" for s in SPLITS))
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -261,11 +296,15 @@ def check_split_rows(shards: ShardSet, where: str) -> None:
     for split, (ids, rows) in found.items():
         stray = sorted(ids - set(shards.articles(split)))
         if stray:
-            raise GateError(f"{where}: split {split!r} holds rows of {len(stray)} article(s) its manifest does not "
-                            f"list (e.g. {stray[:5]}): the rows and the manifest disagree; rebuild the shards")
+            raise GateError(
+                f"{where}: split {split!r} holds rows of {len(stray)} article(s) its manifest does not "
+                f"list (e.g. {stray[:5]}): the rows and the manifest disagree; rebuild the shards"
+            )
         if rows != shards.rows(split):
-            raise GateError(f"{where}: split {split!r} files hold {rows:,} rows, the manifest says "
-                            f"{shards.rows(split):,}: the files were changed after building; rebuild the shards")
+            raise GateError(
+                f"{where}: split {split!r} files hold {rows:,} rows, the manifest says "
+                f"{shards.rows(split):,}: the files were changed after building; rebuild the shards"
+            )
 
 
 def _row_articles(shards: ShardSet, split: str) -> tuple[set[str], int]:
@@ -305,11 +344,14 @@ def check_provenance(manifest: dict, bank: BankManifest, where: str) -> None:
     """Refuse shards built against another bank: their keys would point at the wrong vectors."""
     built = manifest["bank"]
     if built["embedder_id"] != bank.embedder_id:
-        raise ShardError(f"{where}: shards were built with embedder {built['embedder_id']!r}, "
-                         f"this bank is {bank.embedder_id!r}")
+        raise ShardError(
+            f"{where}: shards were built with embedder {built['embedder_id']!r}, this bank is {bank.embedder_id!r}"
+        )
     if built["sha256"] != bank.sha256:
-        raise ShardError(f"{where}: shards were built against bank sha256 {built['sha256'][:12]}…, this bank "
-                         f"is {bank.sha256[:12]}…: rebuild the shards from this bank")
+        raise ShardError(
+            f"{where}: shards were built against bank sha256 {built['sha256'][:12]}…, this bank "
+            f"is {bank.sha256[:12]}…: rebuild the shards from this bank"
+        )
 
 
 def bank_of(shards: ShardSet) -> Path:
@@ -342,15 +384,21 @@ def align_to_bank(vectors: np.ndarray, bank: Bank, batch: int = 8192) -> Alignme
     keys = np.empty(len(vectors), np.int64)
     cos = np.empty(len(vectors), np.float32)
     for s in range(0, len(vectors), batch):
-        q = np.ascontiguousarray(vectors[s:s + batch], dtype=np.float32)
+        q = np.ascontiguousarray(vectors[s : s + batch], dtype=np.float32)
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         d, i = index.search(q, 1)
-        keys[s:s + batch], cos[s:s + batch] = i[:, 0], d[:, 0]
+        keys[s : s + batch], cos[s : s + batch] = i[:, 0], d[:, 0]
     return Alignment(keys, cos)
 
 
-def import_npz(npz_path: str | Path, bank: Bank, out: str | Path, cfg: BuildConfig, overwrite: bool = False,
-               progress: Callable[[str], None] = print) -> ShardSet:
+def import_npz(
+    npz_path: str | Path,
+    bank: Bank,
+    out: str | Path,
+    cfg: BuildConfig,
+    overwrite: bool = False,
+    progress: Callable[[str], None] = print,
+) -> ShardSet:
     """Turn loose (context_sequences, target_vectors) into shards by aligning every vector to the bank.
 
     Refuses (writing nothing) when the mean alignment cosine or the coverage is below 0.99: such
@@ -358,30 +406,18 @@ def import_npz(npz_path: str | Path, bank: Bank, out: str | Path, cfg: BuildConf
     """
     npz_path = Path(npz_path)
     ctx_vecs, targets, article_ids = _read_npz(npz_path, bank.dim)
-    n, k = ctx_vecs.shape[0], ctx_vecs.shape[1]
-    present = np.linalg.norm(ctx_vecs, axis=2) > 0
-    flat_ctx = ctx_vecs[present]
-    target_al = align_to_bank(targets, bank)
-    ctx_al = align_to_bank(flat_ctx, bank)
-    cosines = np.concatenate([target_al.cosines, ctx_al.cosines])
-    merged = Alignment(np.concatenate([target_al.keys, ctx_al.keys]), cosines)
-    progress(f"import: {npz_path.name}: {len(cosines):,} vectors aligned to bank rows: coverage "
-             f"{merged.coverage:.2%} (cos >= {ALIGN_MIN_COSINE}), mean alignment cosine {merged.mean_cosine:.4f}")
-    if merged.mean_cosine < ALIGN_MIN_COSINE or merged.coverage < ALIGN_MIN_COVERAGE:
-        raise GateError(
-            f"{npz_path}: vectors do not match bank {bank.path}: mean alignment cosine {merged.mean_cosine:.4f} "
-            f"(need >= {ALIGN_MIN_COSINE}), coverage {merged.coverage:.2%} (need >= {ALIGN_MIN_COVERAGE:.0%}). "
-            "They were probably encoded by another model or for another bank; re-encode them with the bank's "
-            f"embedder ({bank.manifest.embedder_id!r}) or build shards from the bank with `raytt build`."
-        )
-    ctx_keys = np.full((n, k), PAD, np.int64)
-    ctx_keys[present] = ctx_al.keys
-    ctx_len = present.sum(1).astype(np.int32)
-    ctx_keys = _left_pad(ctx_keys, present)
+    k = ctx_vecs.shape[1]
+    ctx_keys, ctx_len, target_keys, merged = _aligned(npz_path, ctx_vecs, targets, bank, progress)
     if article_ids is None:
-        article_ids = bank.article_of(target_al.keys)
-    cfg = BuildConfig(context_len=k, split=cfg.split, seed=cfg.seed, min_context=1,
-                      min_train_pairs=cfg.min_train_pairs, rows_per_file=cfg.rows_per_file)
+        article_ids = bank.article_of(target_keys)
+    cfg = BuildConfig(
+        context_len=k,
+        split=cfg.split,
+        seed=cfg.seed,
+        min_context=1,
+        min_train_pairs=cfg.min_train_pairs,
+        rows_per_file=cfg.rows_per_file,
+    )
     names = sorted(set(article_ids.tolist()))
     split_of = dict(zip(names, assign_splits(names, cfg.split, cfg.seed)))
     row_split = np.array([split_of[a] for a in article_ids], dtype=np.int8)
@@ -392,13 +428,52 @@ def import_npz(npz_path: str | Path, bank: Bank, out: str | Path, cfg: BuildConf
         writers = {s: _ShardWriter(tmp, s, k, cfg.rows_per_file) for s in SPLITS}
         for i, s in enumerate(SPLITS):
             rows = np.flatnonzero(row_split == i)
-            writers[s].write(ctx_keys[rows], ctx_len[rows], target_al.keys[rows], article_ids[rows])
+            writers[s].write(ctx_keys[rows], ctx_len[rows], target_keys[rows], article_ids[rows])
             writers[s].close()
-        manifest = _manifest(bank.manifest, bank.path, cfg, articles, writers, extra={"imported_from": {
-            "file": str(npz_path.resolve()), "coverage": merged.coverage, "mean_cosine": merged.mean_cosine}})
+        manifest = _manifest(
+            bank.manifest,
+            bank.path,
+            cfg,
+            articles,
+            writers,
+            extra={
+                "imported_from": {
+                    "file": str(npz_path.resolve()),
+                    "coverage": merged.coverage,
+                    "mean_cosine": merged.mean_cosine,
+                }
+            },
+        )
         check_split_rows(ShardSet(tmp, manifest), str(npz_path))
         write_json(tmp / "manifest.json", manifest)
     return ShardSet(Path(out), manifest)
+
+
+def _aligned(npz_path: Path, ctx_vecs: np.ndarray, targets: np.ndarray, bank: Bank, progress: Callable[[str], None]):
+    """Loose vectors -> bank keys: (left-padded context keys, lengths, target keys, the alignment), or refuse.
+
+    Refuses when the mean alignment cosine or the coverage is below 0.99 (another encoder or bank).
+    """
+    n, k = ctx_vecs.shape[0], ctx_vecs.shape[1]
+    present = np.linalg.norm(ctx_vecs, axis=2) > 0
+    target_al = align_to_bank(targets, bank)
+    ctx_al = align_to_bank(ctx_vecs[present], bank)
+    cosines = np.concatenate([target_al.cosines, ctx_al.cosines])
+    merged = Alignment(np.concatenate([target_al.keys, ctx_al.keys]), cosines)
+    progress(
+        f"import: {npz_path.name}: {len(cosines):,} vectors aligned to bank rows: coverage "
+        f"{merged.coverage:.2%} (cos >= {ALIGN_MIN_COSINE}), mean alignment cosine {merged.mean_cosine:.4f}"
+    )
+    if merged.mean_cosine < ALIGN_MIN_COSINE or merged.coverage < ALIGN_MIN_COVERAGE:
+        raise GateError(
+            f"{npz_path}: vectors do not match bank {bank.path}: mean alignment cosine {merged.mean_cosine:.4f} "
+            f"(need >= {ALIGN_MIN_COSINE}), coverage {merged.coverage:.2%} (need >= {ALIGN_MIN_COVERAGE:.0%}). "
+            "They were probably encoded by another model or for another bank; re-encode them with the bank's "
+            f"embedder ({bank.manifest.embedder_id!r}) or build shards from the bank with `raytt build`."
+        )
+    ctx_keys = np.full((n, k), PAD, np.int64)
+    ctx_keys[present] = ctx_al.keys
+    return _left_pad(ctx_keys, present), present.sum(1).astype(np.int32), target_al.keys, merged
 
 
 def _left_pad(keys: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -419,8 +494,9 @@ def _read_npz(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray 
             raise GateError(f"{path}: missing array {name!r} (has {sorted(data.files)})")
     ctx, tgt = data["context_sequences"], data["target_vectors"]
     if ctx.ndim != 3 or tgt.ndim != 2 or ctx.shape[0] != tgt.shape[0]:
-        raise GateError(f"{path}: context_sequences must be [N, k, D] and target_vectors [N, D]; "
-                        f"got {ctx.shape} and {tgt.shape}")
+        raise GateError(
+            f"{path}: context_sequences must be [N, k, D] and target_vectors [N, D]; got {ctx.shape} and {tgt.shape}"
+        )
     if ctx.shape[2] != dim or tgt.shape[1] != dim:
         raise GateError(f"{path}: vectors have dim {tgt.shape[1]}, the bank has dim {dim}")
     if not (np.isfinite(ctx).all() and np.isfinite(tgt).all()):
@@ -441,7 +517,7 @@ def is_shards(path: str | Path) -> bool:
         return False
 
 
-def sample_windows(meta: "BankMeta | Bank", context_len: int, n: int, seed: int = 0, min_context: int = 1):
+def sample_windows(meta: BankMeta | Bank, context_len: int, n: int, seed: int = 0, min_context: int = 1):
     """`n` random (context keys, context lengths, target keys) windows over all articles of a bank."""
     cfg = BuildConfig(context_len=context_len, min_context=min_context)
     plan = _plan(meta, cfg)

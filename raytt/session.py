@@ -15,9 +15,11 @@ def start_ray(cpus: float) -> None:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(logging_config=ray.LoggingConfig(log_level="WARNING"))
     else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus)),
-                 logging_config=ray.LoggingConfig(log_level="WARNING"),
-                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, math.ceil(cpus)),
+            logging_config=ray.LoggingConfig(log_level="WARNING"),
+            runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        )
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
@@ -45,7 +47,14 @@ def actor_placement_groups() -> list:
     from ray.core.generated import gcs_pb2
 
     job, nil = ray.get_runtime_context().get_job_id(), ray.ActorID.nil().binary()
-    groups = [gcs_pb2.PlacementGroupTableData.FromString(raw)
-              for raw in state._connect_and_get_accessor().get_placement_group_table()]
-    return [g for g in groups if g.creator_actor_id != nil and g.creator_job_id.hex() == job
-            and g.state != gcs_pb2.PlacementGroupTableData.REMOVED]
+    groups = [
+        gcs_pb2.PlacementGroupTableData.FromString(raw)
+        for raw in state._connect_and_get_accessor().get_placement_group_table()
+    ]
+    return [
+        g
+        for g in groups
+        if g.creator_actor_id != nil
+        and g.creator_job_id.hex() == job
+        and g.state != gcs_pb2.PlacementGroupTableData.REMOVED
+    ]

@@ -17,8 +17,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from raytt.errors import RayttError
 
@@ -106,6 +107,13 @@ class Located:
     def run_dir(self) -> Path:
         return locate(self.storage, self.name)[0]
 
+    @property
+    def run(self):
+        """The run directory as a `RunDir` (paths, URI mirror, metrics)."""
+        from raytt.rundir import RunDir
+
+        return RunDir(*locate(self.storage, self.name))
+
 
 def mirror_of(uri: str) -> Path:
     """The local directory that mirrors a storage URI on this node."""
@@ -145,7 +153,7 @@ def download(uri: str, local: Path, skip: tuple[str, ...] = ()) -> int:
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True, recursive=True))
     count = 0
     for info in infos:
-        rel = info.path[len(root):].lstrip("/")
+        rel = info.path[len(root) :].lstrip("/")
         if info.type != pyarrow.fs.FileType.File or rel.split("/")[0].startswith(skip):
             continue
         dest = Path(local) / rel

@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raytt.config import doc
+from raytt.tensors import as_tensor, gather
+
 QueryKind = Literal["last", "mean", "exp", "gru", "lstm", "transformer", "mix"]
 DocKind = Literal["identity", "mlp"]
 PARAMETER_FREE = ("last", "mean", "exp")
@@ -24,20 +27,25 @@ PARAMETER_FREE = ("last", "mean", "exp")
 
 @dataclass
 class TowerConfig:
-    query: QueryKind = field(default="gru", metadata={"help": "query tower: last|mean|exp|gru|lstm|transformer|mix"})
-    alpha: float = field(default=0.5, metadata={"help": "exp tower: weight alpha**d for the chunk d steps back"})
-    hidden: int = field(default=0, metadata={"help": "hidden width of trainable towers (0 = bank dim)"})
-    layers: int = field(default=1, metadata={"help": "recurrent / transformer layers"})
-    heads: int = field(default=4, metadata={"help": "transformer attention heads"})
-    window: int = field(default=8, metadata={
-        "help": "mix tower: how many of the last chunks it reads (their pairwise dot products set the weights)"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout inside trainable towers"})
-    residual: bool = field(default=True, metadata={"help": "add a heuristic base (see residual_alpha) to the output"})
-    residual_alpha: float = field(default=0.0, metadata={
-        "help": "the residual base: exp-weighted mean with this alpha (0 = the last context vector)"})
-    gate: bool = field(default=False, metadata={
-        "help": "scale the trained correction by a learned scalar that starts at 0: the tower starts at its base"})
-    doc: DocKind = field(default="identity", metadata={"help": "doc tower: identity (the bank is the index) or mlp"})
+    query: QueryKind = field(default="gru", metadata=doc("query tower: last|mean|exp|gru|lstm|transformer|mix"))
+    alpha: float = field(default=0.5, metadata=doc("exp tower: weight alpha**d for the chunk d steps back"))
+    hidden: int = field(default=0, metadata=doc("hidden width of trainable towers (0 = bank dim)"))
+    layers: int = field(default=1, metadata=doc("recurrent / transformer layers"))
+    heads: int = field(default=4, metadata=doc("transformer attention heads"))
+    window: int = field(
+        default=8,
+        metadata=doc("mix tower: how many of the last chunks it reads (their pairwise dot products set the weights)"),
+    )
+    dropout: float = field(default=0.0, metadata=doc("dropout inside trainable towers"))
+    residual: bool = field(default=True, metadata=doc("add a heuristic base (see residual_alpha) to the output"))
+    residual_alpha: float = field(
+        default=0.0, metadata=doc("the residual base: exp-weighted mean with this alpha (0 = the last context vector)")
+    )
+    gate: bool = field(
+        default=False,
+        metadata=doc("scale the trained correction by a learned scalar that starts at 0: the tower starts at its base"),
+    )
+    doc: DocKind = field(default="identity", metadata=doc("doc tower: identity (the bank is the index) or mlp"))
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha <= 1.0:
@@ -68,7 +76,7 @@ class WeightedMean(nn.Module):
     def forward(self, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         k = context.shape[1]
         back = torch.arange(k - 1, -1, -1, device=context.device, dtype=context.dtype)
-        weights = torch.where(real_mask(lengths, k), self.alpha ** back, torch.zeros_like(back))
+        weights = torch.where(real_mask(lengths, k), self.alpha**back, torch.zeros_like(back))
         return torch.einsum("bk,bkd->bd", weights, context)
 
 
@@ -101,7 +109,7 @@ class CausalTransformer(nn.Module):
         self.out = nn.Linear(hidden, dim)
 
     def forward(self, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        b, k, _ = context.shape
+        _b, k, _ = context.shape
         back = torch.arange(k - 1, -1, -1, device=context.device)
         x = self.inp(context) + self.pos(back)[None]
         real = real_mask(lengths, k)
@@ -124,9 +132,15 @@ class AdaptiveMix(nn.Module):
         self.window = window
         self.denoise = nn.Linear(dim, dim, bias=False)
         nn.init.eye_(self.denoise.weight)
-        self.weights = nn.Sequential(nn.Linear(window * window + window, hidden), nn.GELU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden, window))
+        self.weights = nn.Sequential(
+            nn.Linear(window * window + window, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, window),
+        )
 
     def forward(self, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         w = self.window
@@ -176,7 +190,9 @@ class DocTower(nn.Module):
     def __init__(self, kind: DocKind, dim: int, hidden: int) -> None:
         super().__init__()
         self.kind = kind
-        self.mlp = None if kind == "identity" else nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = (
+            None if kind == "identity" else nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        )
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         if self.mlp is None:
@@ -198,8 +214,9 @@ class TwoTower(nn.Module):
     def trainable(self) -> bool:
         return any(p.requires_grad for p in self.parameters())
 
-    def forward(self, context: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
-                mined: torch.Tensor | None = None):
+    def forward(
+        self, context: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, mined: torch.Tensor | None = None
+    ):
         """Training step's forward (one call, so DDP syncs both towers): (queries, positives, mined or None).
 
         Mined negatives [B, n, D] go through the doc tower with the positives, in the same space.
@@ -218,26 +235,24 @@ class TwoTower(nn.Module):
         return self.doc(vectors)
 
 
-def gather(bank: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Vectors for keys of any shape; key -1 (padding) gives a zero vector."""
-    out = bank[keys.clamp(min=0)]
-    return out * (keys >= 0).unsqueeze(-1).to(out.dtype)
-
-
 @torch.no_grad()
-def query_vectors(model: TwoTower, bank: np.ndarray, context_keys: np.ndarray, lengths: np.ndarray,
-                  batch: int = 4096, device: str = "cpu") -> np.ndarray:
+def query_vectors(
+    model: TwoTower,
+    bank: np.ndarray,
+    context_keys: np.ndarray,
+    lengths: np.ndarray,
+    batch: int = 4096,
+    device: str = "cpu",
+) -> np.ndarray:
     """Unit query vectors [Q, D] for context keys, through `encode_queries` (the training code path)."""
-    from raytt.retrieval import as_tensor
-
     model.eval()
     bank_t = as_tensor(bank)
     keys = torch.as_tensor(np.asarray(context_keys, dtype=np.int64))
     lens = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
     out = np.empty((len(keys), bank.shape[1]), dtype=np.float32)
     for s in range(0, len(keys), batch):
-        ctx = gather(bank_t, keys[s:s + batch]).to(device)
-        out[s:s + batch] = model.encode_queries(ctx, lens[s:s + batch].to(device)).float().cpu().numpy()
+        ctx = gather(bank_t, keys[s : s + batch]).to(device)
+        out[s : s + batch] = model.encode_queries(ctx, lens[s : s + batch].to(device)).float().cpu().numpy()
     return out
 
 
@@ -246,13 +261,11 @@ def index_vectors(model: TwoTower, bank: np.ndarray, batch: int = 65_536, device
     """The retrieval index: the bank itself for the identity doc tower (no copy), else the doc tower's output."""
     if model.doc.kind == "identity":
         return bank
-    from raytt.retrieval import as_tensor
-
     model.eval()
     bank_t = as_tensor(bank)
     out = np.empty_like(bank, dtype=np.float32)
     for s in range(0, len(bank), batch):
-        out[s:s + batch] = model.encode_docs(bank_t[s:s + batch].to(device)).float().cpu().numpy()
+        out[s : s + batch] = model.encode_docs(bank_t[s : s + batch].to(device)).float().cpu().numpy()
     return out
 
 

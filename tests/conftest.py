@@ -14,21 +14,32 @@ os.environ["HOME"] = _HOME
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from helpers import QUIET, SMALL  # noqa: E402
 
-from raytt.sequences import BuildConfig, build_shards  # noqa: E402
 from raytt.bank import scan_bank  # noqa: E402
-from raytt.synth import SynthConfig, generate  # noqa: E402
+from raytt.sequences import BuildConfig, build_shards  # noqa: E402
+from raytt.synthetic import generate  # noqa: E402
 
-QUIET = lambda *_: None  # noqa: E731
-SMALL = SynthConfig(num_vectors=4000, dim=64, latent_dim=16)
 RAY_CPUS = 3
-RELEASE_S = 120   # the longest a finished test's Ray work may take to hand its resources back
+RAY_FIXTURES = {"ray_local", "ray_head"}  # a test using one of these is in the `integration` tier
+RELEASE_S = 120  # the longest a finished test's Ray work may take to hand its resources back
 # Ray's own detached helpers: library singletons (created once per cluster), and Ray Train's placement-group
 # cleaner, which ends itself once the dashboard reports its controller gone. They hold no CPU; not a test's leak.
-RAY_HELPERS = {"_AutoscalingCoordinatorActor", "_StatsActor", "ActorLocationTracker", "TrainStateActor",
-               "PlacementGroupCleaner"}
+RAY_HELPERS = {
+    "_AutoscalingCoordinatorActor",
+    "_StatsActor",
+    "ActorLocationTracker",
+    "TrainStateActor",
+    "PlacementGroupCleaner",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that starts Ray (through a Ray fixture) `integration`: `make test-fast` leaves them out."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -112,8 +123,11 @@ def leftovers(before: set[str]) -> dict:
     import ray
 
     groups = [k for k, v in ray.util.placement_group_table().items() if v["state"] != "REMOVED"]
-    actors = [f"{a['ActorClassName']}({a['State']})" for a in _live_actors()
-              if a["ActorID"] not in before and a["ActorClassName"] not in RAY_HELPERS]
+    actors = [
+        f"{a['ActorClassName']}({a['State']})"
+        for a in _live_actors()
+        if a["ActorID"] not in before and a["ActorClassName"] not in RAY_HELPERS
+    ]
     busy = ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)
     found = {"placement_groups": groups, "actors": actors, "busy_cpus": busy}
     return {k: v for k, v in found.items() if v}
@@ -127,8 +141,3 @@ def _await_release(before: set[str]) -> dict:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)
-
-
-def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
-    v = rng.standard_normal((n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)

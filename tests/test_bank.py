@@ -5,12 +5,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import unit_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raytt.bank import BankWriter, load_bank, read_manifest, scan_bank, share_bank, write_bank, write_bank_blocks
 from raytt.errors import BankError, RayttError
-from tests.conftest import unit_rows
 
 
 def small(rng, n=50, d=8, per_article=5):
@@ -36,8 +36,9 @@ def test_round_trip(tmp_path_factory, n, d, per, seed):
 def test_writer_splits_files_and_keeps_one_hash(tmp_path):
     rng = np.random.default_rng(0)
     vectors, ids, pos = small(rng, 100)
-    with_blocks = write_bank_blocks(tmp_path / "a", [(ids[:30], pos[:30], vectors[:30], None),
-                                                      (ids[30:], pos[30:], vectors[30:], None)], "e")
+    with_blocks = write_bank_blocks(
+        tmp_path / "a", [(ids[:30], pos[:30], vectors[:30], None), (ids[30:], pos[30:], vectors[30:], None)], "e"
+    )
     writer = BankWriter(tmp_path / "b", rows_per_file=16)
     writer.add(ids, pos, vectors)
     whole = writer.finish("e")
@@ -102,8 +103,12 @@ def test_sha_mismatch_detected(written):
     path, vectors, *_ = written
     changed = vectors.copy()
     changed[[0, 1]] = changed[[1, 0]]
-    rewrite(path, lambda t: t.set_column(3, "vector", pa.FixedSizeListArray.from_arrays(
-        pa.array(changed.reshape(-1)), vectors.shape[1])))
+    rewrite(
+        path,
+        lambda t: t.set_column(
+            3, "vector", pa.FixedSizeListArray.from_arrays(pa.array(changed.reshape(-1)), vectors.shape[1])
+        ),
+    )
     with pytest.raises(BankError, match="sha256 of the vectors .* does not match manifest.json"):
         load_bank(path)
 

@@ -28,17 +28,19 @@ def test_synth_build_inspect(tmp_path):
 
 def test_config_file_and_flags(tmp_path):
     (tmp_path / "s.yaml").write_text("num_vectors: 2000\ndim: 32\nlatent_dim: 8\nseed: 4\n")
-    run(["synth", "--out", str(tmp_path / "b"), "--config", str(tmp_path / "s.yaml"), "--set", "seed=5",
-         "--dim", "40"])
+    run(["synth", "--out", str(tmp_path / "b"), "--config", str(tmp_path / "s.yaml"), "--set", "seed=5", "--dim", "40"])
     from raytt.bank import read_manifest
 
     assert read_manifest(tmp_path / "b").embedder_id == "raytt-synth/1(seed=5,dim=40)"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["build", "--bank", "nowhere", "--out", "x"], "nowhere/manifest.json: no bank manifest here"),
-    (["train", "--set", "tower.query=cnn"], "tower.query must be one of"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["build", "--bank", "nowhere", "--out", "x"], "nowhere/manifest.json: no bank manifest here"),
+        (["train", "--set", "tower.query=cnn"], "tower.query must be one of"),
+    ],
+)
 def test_the_console_script_refuses_in_one_line(tmp_path, args, message):
     """The installed entry point as a process (tests/test_refusals.py holds the whole matrix, in process)."""
     proc = subprocess.run([sys.executable, "-m", "raytt.cli", *args], capture_output=True, text=True, cwd=tmp_path)
@@ -64,8 +66,18 @@ def test_eval_baselines_only_and_compare(synth_shards, tmp_path):
 
 
 def test_refusals_that_need_real_shards(synth_shards, synth_bank, tmp_path):
-    proc = raytt("train", "--set", f"data.shards={synth_shards}", "--set", f"data.bank={synth_bank}",
-                 "--set", "data.batch_size=100000", "--storage", tmp_path, check=False)
+    proc = raytt(
+        "train",
+        "--set",
+        f"data.shards={synth_shards}",
+        "--set",
+        f"data.bank={synth_bank}",
+        "--set",
+        "data.batch_size=100000",
+        "--storage",
+        tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2 and "fewer than one step" in proc.stderr
     assert not (tmp_path / "demo").exists()
     raytt("eval", "--shards", synth_shards, "--out", tmp_path / "e", "--max-queries", 50)

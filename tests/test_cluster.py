@@ -10,8 +10,8 @@ import ray
 import yaml
 
 from raytt import config
-from raytt.runconfig import TrainConfig
-from raytt.tune import SearchConfig
+from raytt.training.config import TrainConfig
+from raytt.tuning import SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -54,7 +54,9 @@ def _cluster_specs(doc: dict) -> dict:
 
 
 def _check_cluster_spec(spec: dict, where: str) -> None:
-    assert spec["rayVersion"].startswith(RAY_MINOR), f"{where}: rayVersion {spec['rayVersion']} vs ray {ray.__version__}"
+    assert spec["rayVersion"].startswith(RAY_MINOR), (
+        f"{where}: rayVersion {spec['rayVersion']} vs ray {ray.__version__}"
+    )
     assert spec["authOptions"]["mode"] == "token", f"{where}: token auth"
     head = spec["headGroupSpec"]
     assert head["serviceType"] == "ClusterIP", f"{where}: the head service is never exposed"
@@ -63,7 +65,9 @@ def _check_cluster_spec(spec: dict, where: str) -> None:
         container = group["template"]["spec"]["containers"][0]
         assert container["image"] and container["resources"]["limits"] and container["resources"]["requests"]
         mounts = {m["name"] for m in container["volumeMounts"]}
-        assert mounts <= {v["name"] for v in group["template"]["spec"]["volumes"]}, f"{where}: mounts a volume it declares"
+        assert mounts <= {v["name"] for v in group["template"]["spec"]["volumes"]}, (
+            f"{where}: mounts a volume it declares"
+        )
     for group in spec["workerGroupSpecs"]:
         assert group["groupName"] and group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"

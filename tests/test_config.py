@@ -3,7 +3,7 @@ import pytest
 from raytt import config
 from raytt.errors import ConfigError
 from raytt.sequences import BuildConfig
-from raytt.synth import SynthConfig
+from raytt.synthetic import SynthConfig
 
 
 def test_round_trip_through_yaml(tmp_path):

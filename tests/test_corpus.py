@@ -2,8 +2,8 @@
 
 import pytest
 
-from raytt.corpus import IngestConfig
 from raytt.corpus.chunk import ChunkSpec, chunk, sentences
+from raytt.corpus.config import IngestConfig
 from raytt.corpus.extract import html_paragraphs, paragraphs, text_paragraphs
 
 SMALL = ChunkSpec(min_words=10, max_words=18, tail_words=4)
@@ -18,7 +18,7 @@ def test_sentences_split_after_terminal_punctuation_only():
 
 
 def test_chunks_close_at_sentence_ends_after_min_words():
-    paragraph = " ".join(f"{_words(4, s)}." for s in "abcdefgh")   # eight 4-word sentences
+    paragraph = " ".join(f"{_words(4, s)}." for s in "abcdefgh")  # eight 4-word sentences
     out = chunk([paragraph], SMALL)
     assert [len(c.split()) for c in out] == [12, 12, 8]
     assert all(c.endswith(".") for c in out), "every chunk ends at a sentence end"
@@ -45,13 +45,20 @@ def test_empty_and_tiny_documents_give_no_or_one_chunk():
 
 def test_paragraphs_of_text_markdown_and_rst(tmp_path):
     md = tmp_path / "a.md"
-    md.write_text("# Title of the page here\n\nFirst paragraph has\nseveral words in it.\n\n```python\n"
-                  "code = 'never in a chunk'\n```\n\n| a | table | row | here |\n|---|---|---|---|\n\n"
-                  "    indented code block line one\n\nLast paragraph with four words.\n")
-    assert paragraphs(md) == ["Title of the page here", "First paragraph has several words in it.",
-                              "Last paragraph with four words."]
-    rst = text_paragraphs("Section title\n=============\n\nProse before a literal block::\n\n    x = 1\n\n"
-                          ".. note::\n\n   A directive body.\n\nClosing words come here.\n")
+    md.write_text(
+        "# Title of the page here\n\nFirst paragraph has\nseveral words in it.\n\n```python\n"
+        "code = 'never in a chunk'\n```\n\n| a | table | row | here |\n|---|---|---|---|\n\n"
+        "    indented code block line one\n\nLast paragraph with four words.\n"
+    )
+    assert paragraphs(md) == [
+        "Title of the page here",
+        "First paragraph has several words in it.",
+        "Last paragraph with four words.",
+    ]
+    rst = text_paragraphs(
+        "Section title\n=============\n\nProse before a literal block::\n\n    x = 1\n\n"
+        ".. note::\n\n   A directive body.\n\nClosing words come here.\n"
+    )
     assert "x = 1" not in " ".join(rst) and "Closing words come here." in rst and rst[0] == "Section title"
 
 
@@ -70,8 +77,11 @@ def test_html_keeps_paragraphs_and_drops_navigation_code_and_tables():
       <div class="sphinxsidebar"><p>Sidebar text that is navigation</p></div>
       <footer><p>Copyright notice of the whole site</p></footer></body></html>"""
     found = html_paragraphs(html)
-    assert found == ["The first real paragraph, with inline code and a link .", "Second real paragraph & entity.",
-                     "Two words"]
+    assert found == [
+        "The first real paragraph, with inline code and a link .",
+        "Second real paragraph & entity.",
+        "Two words",
+    ]
 
 
 def test_non_utf8_bytes_are_replaced_not_fatal(tmp_path):

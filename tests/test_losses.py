@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
-from raytt.losses import Batch, LossConfig, ar_cosine, in_batch_accuracy, info_nce, mix, objective, triplet_margin
-from raytt.losses.triplet import hardest_in_batch
+from raytt.losses.ar_cosine import ar_cosine, mix
+from raytt.losses.infonce import info_nce
+from raytt.losses.objective import Batch, LossConfig, in_batch_accuracy, objective
+from raytt.losses.triplet import hardest_in_batch, triplet_margin
 
 Q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
 C = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
@@ -38,8 +40,8 @@ def test_info_nce_mined_negatives_join_the_denominator_and_empty_slots_do_not():
 
 def test_triplet_margin_on_cosine_distance():
     q = torch.tensor([[1.0, 0.0]])
-    pos = torch.tensor([[0.6, 0.8]])                      # d = 0.4
-    neg = torch.tensor([[[0.8, 0.6], [0.0, 1.0]]])         # d = 0.2 and 1.0
+    pos = torch.tensor([[0.6, 0.8]])  # d = 0.4
+    neg = torch.tensor([[[0.8, 0.6], [0.0, 1.0]]])  # d = 0.2 and 1.0
     loss = triplet_margin(q, pos, neg, margin=0.3)
     assert loss.item() == pytest.approx((max(0, 0.4 - 0.2 + 0.3) + max(0, 0.4 - 1.0 + 0.3)) / 2)
 

@@ -1,24 +1,25 @@
 """Mining: indexes and miners agree with brute force, filters hold, schedules parse, and no miner failure
 stops a run."""
 
-
 import numpy as np
 import pytest
+from helpers import QUIET, unit_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import QUIET, unit_rows
-from raytt import runlog
 from raytt import config
 from raytt.bank import load_bank
 from raytt.errors import ConfigError
-from raytt.mining import MiningConfig
 from raytt.mining.article import ArticleNegatives
+from raytt.mining.config import MiningConfig
 from raytt.mining.index import Index, IndexSpec
+from raytt.mining.messages import IndexOffer, MineAnswer, MineRequest
 from raytt.mining.schedule import Stage, parse
 from raytt.mining.select import BankLayout, FilterConfig, select
-from raytt.runconfig import TrainConfig
-from raytt.train import train
+from raytt.rundir import RunDir
+from raytt.towers import TowerConfig
+from raytt.training.config import TrainConfig
+from raytt.training.driver import train
 
 
 def _brute(queries, vectors, k):
@@ -31,7 +32,7 @@ def _brute(queries, vectors, k):
 def test_index_finds_the_brute_force_neighbours(kind, exact):
     rng = np.random.default_rng(0)
     vectors, queries = unit_rows(rng, 3000, 32), unit_rows(rng, 40, 32)
-    spec = IndexSpec(kind, "cpu", nlist=16, nprobe=16, ef_search=256)   # ivf probing every list is exact
+    spec = IndexSpec(kind, "cpu", nlist=16, nprobe=16, ef_search=256)  # ivf probing every list is exact
     scores, keys = Index(vectors, spec).search(queries, 20)
     want_scores, want_keys = _brute(queries, vectors, 20)
     overlap = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(keys, want_keys)])
@@ -53,7 +54,7 @@ def test_index_device_auto_falls_back_to_cpu(kind):
     vectors = unit_rows(np.random.default_rng(0), 500, 16)
     index = Index(vectors, IndexSpec(kind, "auto", nlist=4, nprobe=4))
     assert index.device == "cpu" and "cuda" not in index.engine and "gpu" not in index.engine.split()[0]
-    with pytest.raises(RuntimeError, match="mining.device is 'cuda'"):
+    with pytest.raises(ConfigError, match="mining.device 'cuda' asked for, but torch sees no GPU"):
         Index(vectors, IndexSpec(kind, "cuda", nlist=4, nprobe=4))
 
 
@@ -76,10 +77,10 @@ def test_gpu_index_finds_the_same_neighbours(kind):
 
 def test_flat_index_searches_the_shared_array_in_place():
     vectors = unit_rows(np.random.default_rng(1), 500, 16)
-    vectors.flags.writeable = False   # as ray.get hands it out
+    vectors.flags.writeable = False  # as ray.get hands it out
     index = Index(vectors, IndexSpec("flat", "cpu"))
     assert index.private_bytes == 0 and np.shares_memory(index.table.numpy(), vectors)
-    scores, keys = index.search(vectors[:3], 600)   # k beyond the bank pads with -1
+    _scores, keys = index.search(vectors[:3], 600)  # k beyond the bank pads with -1
     assert (keys[:, 500:] == -1).all() and (keys[:, 0] == np.arange(3)).all()
 
 
@@ -96,8 +97,14 @@ def _layout_bank(rng, articles=30, length=20, dim=24):
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), window=st.integers(0, 3), count=st.integers(1, 8),
-       lo=st.floats(-1.0, 0.5), sampling=st.sampled_from(["top", "random"]), by_target=st.booleans())
+@given(
+    seed=st.integers(0, 10_000),
+    window=st.integers(0, 3),
+    count=st.integers(1, 8),
+    lo=st.floats(-1.0, 0.5),
+    sampling=st.sampled_from(["top", "random"]),
+    by_target=st.booleans(),
+)
 def test_filters_never_let_a_false_negative_through(seed, window, count, lo, sampling, by_target):
     rng = np.random.default_rng(seed)
     vectors, layout = _layout_bank(rng)
@@ -132,10 +139,19 @@ def test_filters_never_let_a_false_negative_through(seed, window, count, lo, sam
 def test_context_chunks_stay_allowed_as_negatives():
     rng = np.random.default_rng(3)
     vectors, layout = _layout_bank(rng)
-    target = np.array([10])                       # article 0, position 10; context = positions 6..9
-    scores, keys = _brute(vectors[[9]], vectors, 64)   # query = the last context chunk: itself ranks first
-    picked, _ = select(scores, keys, target, np.array([4]), layout, vectors, Stage(0, 0, 4, -1.0, 1.0),
-                       FilterConfig(window=2, fn_threshold=0.99), rng)
+    target = np.array([10])  # article 0, position 10; context = positions 6..9
+    scores, keys = _brute(vectors[[9]], vectors, 64)  # query = the last context chunk: itself ranks first
+    picked, _ = select(
+        scores,
+        keys,
+        target,
+        np.array([4]),
+        layout,
+        vectors,
+        Stage(0, 0, 4, -1.0, 1.0),
+        FilterConfig(window=2, fn_threshold=0.99),
+        rng,
+    )
     assert 9 in picked[0] and 11 not in picked[0] and 12 not in picked[0]
 
 
@@ -144,7 +160,7 @@ def test_context_chunks_stay_allowed_as_negatives():
 def test_article_negatives_come_from_the_targets_article_and_skip_its_neighbours(seed, window, count):
     rng = np.random.default_rng(seed)
     _, layout = _layout_bank(rng)
-    shuffled = rng.permutation(len(layout.articles))          # keys need not be grouped by article
+    shuffled = rng.permutation(len(layout.articles))  # keys need not be grouped by article
     layout = BankLayout(layout.articles[shuffled], layout.positions[shuffled])
     target = rng.integers(0, len(shuffled), 64)
     context_len = np.minimum(layout.positions[target], rng.integers(1, 5, 64))
@@ -167,8 +183,10 @@ def test_article_negatives_cover_the_whole_article_and_pad_short_ones():
     assert short.tolist() == [[-1] * 8], "a two-chunk article has no chunk outside the window"
 
 
-@pytest.mark.parametrize("text, count", [("", 0), ("0-5:none", 0), ("0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96", 16),
-                                         (" 0:4@-0.5-0.9 ; 1-3:none; ", 4)])
+@pytest.mark.parametrize(
+    "text, count",
+    [("", 0), ("0-5:none", 0), ("0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96", 16), (" 0:4@-0.5-0.9 ; 1-3:none; ", 4)],
+)
 def test_schedule_parses(text, count):
     curriculum = parse(text)
     assert curriculum.max_count == count
@@ -177,18 +195,21 @@ def test_schedule_parses(text, count):
         assert curriculum.at(30).hi == 0.96 and curriculum.at(31).count == 0
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("0-5:none;7-10:8@0.8-0.9", "segment 2 '7-10:8@0.8-0.9': gap, epochs 6-6"),
-    ("0-5:none;5-10:8@0.8-0.9", "segment 2 '5-10:8@0.8-0.9': overlaps"),
-    ("0-5:8@0.9-0.8", "segment 1 '0-5:8@0.9-0.8': the cosine band needs -1 <= lo < hi <= 1"),
-    ("0-5:8@0.9-0.9", "lo=0.9 hi=0.9"),
-    ("0-5:0@0.1-0.9", "count must be >= 1"),
-    ("0-5:eight@0.1-0.9", "segment 1 '0-5:eight@0.1-0.9': expected"),
-    ("0-5:8@0.1-1.5", "hi=1.5"),
-    ("5-2:none", "runs backwards"),
-    ("1-5:none", "gap, epochs 0-0"),
-    ("0-5:8@0.1.2-0.9", "bounds must be numbers"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("0-5:none;7-10:8@0.8-0.9", "segment 2 '7-10:8@0.8-0.9': gap, epochs 6-6"),
+        ("0-5:none;5-10:8@0.8-0.9", "segment 2 '5-10:8@0.8-0.9': overlaps"),
+        ("0-5:8@0.9-0.8", "segment 1 '0-5:8@0.9-0.8': the cosine band needs -1 <= lo < hi <= 1"),
+        ("0-5:8@0.9-0.9", "lo=0.9 hi=0.9"),
+        ("0-5:0@0.1-0.9", "count must be >= 1"),
+        ("0-5:eight@0.1-0.9", "segment 1 '0-5:eight@0.1-0.9': expected"),
+        ("0-5:8@0.1-1.5", "hi=1.5"),
+        ("5-2:none", "runs backwards"),
+        ("1-5:none", "gap, epochs 0-0"),
+        ("0-5:8@0.1.2-0.9", "bounds must be numbers"),
+    ],
+)
 def test_schedule_refuses_bad_segments(text, problem):
     with pytest.raises(ConfigError, match="mining.schedule " + _escape(problem)):
         parse(text)
@@ -196,6 +217,7 @@ def test_schedule_refuses_bad_segments(text, problem):
 
 def _escape(text):
     import re
+
     return ".*" + re.escape(text)
 
 
@@ -215,52 +237,80 @@ def test_pool_miner_agrees_with_numpy(ray_local, synth_bank):
     from raytt.mining.pool import MinerPool
 
     bank = load_bank(synth_bank)
-    cfg = config.load(MiningConfig, None, ["schedule=0:16@-1.0-1.0", "mine_by=target", "window=0", "fn_threshold=1.0",
-                                           "actor_cpus=0.5"])
+    cfg = config.load(
+        MiningConfig,
+        None,
+        ["schedule=0:16@-1.0-1.0", "mine_by=target", "window=0", "fn_threshold=1.0", "actor_cpus=0.5"],
+    )
     pool = MinerPool(ray_local.put(bank), cfg, progress=QUIET)
     try:
         target = np.arange(100, 4000, 97)
-        request = {"context_keys": np.zeros((len(target), 1), np.int64), "context_len": np.zeros(len(target), np.int64),
-                   "target": target, "spec": cfg.spec(cfg.curriculum.at(0)), "step": 0, "weights": None,
-                   "index": None}
+        request = MineRequest(
+            np.zeros((len(target), 1), np.int64),
+            np.zeros(len(target), np.int64),
+            target,
+            cfg.spec(cfg.curriculum.at(0)),
+            step=0,
+        )
         answer = ray_local.get(pool.submit(request, 0))
     finally:
         pool.shutdown()
     _, want = _brute(bank.vectors[target], bank.vectors, 17)
     want = np.array([[k for k in row if k != t][:16] for row, t in zip(want, target)])
-    assert np.array_equal(answer["keys"], want)
+    assert np.array_equal(answer.keys, want)
 
 
 def _mining_cfg(bank, shards, storage, **over):
-    base = [f"data.bank={bank}", f"data.shards={shards}", f"storage={storage}", "data.batch_size=64",
-            "data.shuffle_buffer=2000", "data.cache=true", "tower.hidden=64", "tower.residual=false", "loss.tau=0.1",
-            "optim.lr=5e-3", "optim.warmup_steps=5", "log_every=10", "val_queries=300", "optim.epochs=3",
-            "mining.schedule=0-2:8@0.0-0.99", "mining.actor_cpus=0.5", "mining.timeout_s=2.0"]
+    base = [
+        f"data.bank={bank}",
+        f"data.shards={shards}",
+        f"storage={storage}",
+        "data.batch_size=64",
+        "data.shuffle_buffer=2000",
+        "data.cache=true",
+        "tower.hidden=64",
+        "tower.residual=false",
+        "loss.tau=0.1",
+        "optim.lr=5e-3",
+        "optim.warmup_steps=5",
+        "log_every=10",
+        "val_queries=300",
+        "optim.epochs=3",
+        "mining.schedule=0-2:8@0.0-0.99",
+        "mining.actor_cpus=0.5",
+        "mining.timeout_s=2.0",
+    ]
     return config.load(TrainConfig, None, base + [f"{k}={v}" for k, v in over.items()])
 
 
 def _epochs(run_dir):
-    return [r for r in runlog.read(run_dir / "metrics.jsonl", "epoch") if "mining/requests" in r]
+    return [r for r in RunDir(run_dir).rows("epoch") if "mining/requests" in r]
 
 
 @pytest.mark.parametrize("fault, reason, workers", [("kill@12", "actor_died", 2), ("raise@15-25", "error", 0)])
 def test_a_failing_miner_never_stops_the_run(ray_local, synth_bank, synth_shards, tmp_path, fault, reason, workers):
-    cfg = _mining_cfg(synth_bank, synth_shards, tmp_path, name=f"fault-{reason}", workers=workers,
-                      **{"mining.fault": fault})
+    cfg = _mining_cfg(
+        synth_bank, synth_shards, tmp_path, name=f"fault-{reason}", workers=workers, **{"mining.fault": fault}
+    )
     summary = train(cfg, progress=QUIET)
     assert summary["epochs"] == 3
     epochs = _epochs(cfg.run_dir)
     assert len(epochs) == 3
-    hit = epochs[0]          # the fault lands in epoch 0 (45 steps an epoch with 1 worker, 22 with 2)
+    hit = epochs[0]  # the fault lands in epoch 0 (45 steps an epoch with 1 worker, 22 with 2)
     assert hit["mining/fallback_rate"] > 0 and hit[f"mining/fallback_{reason}"] > 0
     last = epochs[-1]
     assert last["mining/fallback_rate"] < 0.1 and last["mining/kept"] > 0, "mining must resume after the fault"
 
 
 def test_trainable_doc_tower_trains_with_refreshes(ray_local, synth_bank, synth_shards, tmp_path):
-    cfg = _mining_cfg(synth_bank, synth_shards, tmp_path, name="refresh", workers=0,
-                      **{"tower.doc": "mlp", "mining.refresh_every": 20, "optim.epochs": 2,
-                         "mining.schedule": "0-1:8@0.0-0.99"})
+    cfg = _mining_cfg(
+        synth_bank,
+        synth_shards,
+        tmp_path,
+        name="refresh",
+        workers=0,
+        **{"tower.doc": "mlp", "mining.refresh_every": 20, "optim.epochs": 2, "mining.schedule": "0-1:8@0.0-0.99"},
+    )
     assert train(cfg, progress=QUIET)["epochs"] == 2
     epochs = _epochs(cfg.run_dir)
     assert sum(e["mining/refreshes"] for e in epochs) >= 4 and epochs[-1]["mining/kept"] > 0
@@ -277,27 +327,36 @@ def test_miner_swaps_in_a_refreshed_index_while_serving(ray_local, synth_bank):
 
     bank = load_bank(synth_bank)
     tower = TowerConfig(doc="mlp", hidden=32)
-    cfg = config.load(MiningConfig, None, ["schedule=0:8@-1.0-1.0", "mine_by=target", "window=0", "fn_threshold=1.0",
-                                           "actor_cpus=0.5"])
+    cfg = config.load(
+        MiningConfig,
+        None,
+        ["schedule=0:8@-1.0-1.0", "mine_by=target", "window=0", "fn_threshold=1.0", "actor_cpus=0.5"],
+    )
     torch.manual_seed(0)
     model = TwoTower(tower, bank.dim)
-    torch.nn.init.normal_(model.doc.mlp[2].weight, std=1.0)   # a doc tower far from the identity
+    torch.nn.init.normal_(model.doc.mlp[2].weight, std=1.0)  # a doc tower far from the identity
     pool = MinerPool(ray_local.put(bank), cfg, progress=QUIET)
     target = np.arange(50, 4000, 131)
-    request = {"context_keys": np.zeros((len(target), 1), np.int64), "context_len": np.zeros(len(target), np.int64),
-               "target": target, "spec": cfg.spec(cfg.curriculum.at(0)), "step": 7, "weights": None,
-               "index": (time.time(), 7, [pool.encode(ray_local.put(model_state(model)), config.to_dict(tower))])}
+    offer = IndexOffer(time.time(), 7, pool.encode(ray_local.put(model_state(model)), tower))
+    request = MineRequest(
+        np.zeros((len(target), 1), np.int64),
+        np.zeros(len(target), np.int64),
+        target,
+        cfg.spec(cfg.curriculum.at(0)),
+        step=7,
+        index=offer,
+    )
     versions, deadline = [], time.time() + 120
     try:
         while time.time() < deadline and (not versions or versions[-1] == 0):
             answer = ray_local.get(pool.submit(request, 0))
-            versions.append(answer["index_version"])
+            versions.append(answer.index_version)
     finally:
         pool.shutdown()
     assert versions[-1] == 8, f"the refreshed index (weights of step 7) never swapped in: {versions}"
     index = index_vectors(model, bank.vectors)
     _, want = _brute(index[target], index, 9)
-    assert np.array_equal(answer["keys"], np.array([[k for k in row if k != t][:8] for row, t in zip(want, target)]))
+    assert np.array_equal(answer.keys, np.array([[k for k in row if k != t][:8] for row, t in zip(want, target)]))
 
 
 def test_client_bounds_requests_in_flight_and_falls_back(ray_local):
@@ -311,16 +370,16 @@ def test_client_bounds_requests_in_flight_and_falls_back(ray_local):
     @ray_local.remote(num_cpus=0)
     def slow_answer(seconds):
         time.sleep(seconds)
-        return {"keys": np.zeros((2, 8), np.int64), "stats": {"kept": 16}, "index_version": 0, "weights_step": -1,
-                "done": time.time()}
+        return MineAnswer(np.zeros((2, 8), np.int64), {"kept": 16}, 0, -1, time.time(), time.time(), 0)
 
     class SlowPool:
         def submit(self, request, slot):
             return slow_answer.remote(1.0)
 
-    cfg = config.load(MiningConfig, None, ["schedule=0:8@0.0-0.9", "max_in_flight=2", "timeout_s=0.05",
-                                           "mine_by=target"])
-    client = MiningClient(SlowPool(), cfg, rank=0, tower={"doc": "identity"})
+    cfg = config.load(
+        MiningConfig, None, ["schedule=0:8@0.0-0.9", "max_in_flight=2", "timeout_s=0.05", "mine_by=target"]
+    )
+    client = MiningClient(SlowPool(), cfg, rank=0, tower=TowerConfig())
     batch = (torch.zeros((2, 3), dtype=torch.int64), torch.ones(2, dtype=torch.int64), torch.arange(2))
     tickets = [client.submit(cfg.curriculum.at(0), i, *batch) for i in range(4)]
     assert [t.ref is not None for t in tickets] == [True, True, False, False]
@@ -333,18 +392,21 @@ def test_client_bounds_requests_in_flight_and_falls_back(ray_local):
     assert client.collect(None, 0) is None and client.epoch_metrics(lambda v: v)["mining/requests"] == 0
 
 
-@pytest.mark.parametrize("override, problem", [
-    ("actors=0", "mining.actors must be >= 1"),
-    ("actor_cpus=0", "mining.actor_cpus > 0"),
-    ("window=-1", "mining.window >= 0"),
-    ("fn_threshold=1.5", "fn_threshold in"),
-    ("max_in_flight=0", "max_in_flight"),
-    ("negatives=-2", "mining.negatives must be >= 0"),
-    ("article_negatives=-1", "mining.article_negatives must be >= 0"),
-    ("fault=explode@3", "expected kill@STEP or raise@FIRST-LAST"),
-    ("fault=kill@soon", "expected kill@STEP or raise@FIRST-LAST"),
-    ("index=annoy", "mining.index must be one of"),
-])
+@pytest.mark.parametrize(
+    "override, problem",
+    [
+        ("actors=0", "mining.actors must be >= 1"),
+        ("actor_cpus=0", "mining.actor_cpus > 0"),
+        ("window=-1", "mining.window >= 0"),
+        ("fn_threshold=1.5", "fn_threshold in"),
+        ("max_in_flight=0", "max_in_flight"),
+        ("negatives=-2", "mining.negatives must be >= 0"),
+        ("article_negatives=-1", "mining.article_negatives must be >= 0"),
+        ("fault=explode@3", "expected kill@STEP or raise@FIRST-LAST"),
+        ("fault=kill@soon", "expected kill@STEP or raise@FIRST-LAST"),
+        ("index=annoy", "mining.index must be one of"),
+    ],
+)
 def test_mining_config_refuses_bad_values(override, problem):
     with pytest.raises(ConfigError, match=_escape(problem)):
         config.load(TrainConfig, None, [f"mining.{override}"])

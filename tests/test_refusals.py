@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from helpers import QUIET, SMALL
 
-from conftest import QUIET, SMALL
 from raytt import config
 from raytt.cli import main
-from raytt.runconfig import TrainConfig
-from raytt.synth import generate
+from raytt.synthetic import generate
+from raytt.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,14 @@ class Workspace:
 
     def train(self, *sets: str, shards: Path | None = None, bank: Path | None = None) -> list[str]:
         """`raytt train` on the session data, small and into this workspace, plus `--set` overrides."""
-        base = [f"data.bank={bank or self.bank}", f"data.shards={shards or self.shards}", f"storage={self.root / 'runs'}",
-                "data.batch_size=64", "val_queries=200", "name=r"]
+        base = [
+            f"data.bank={bank or self.bank}",
+            f"data.shards={shards or self.shards}",
+            f"storage={self.root / 'runs'}",
+            "data.batch_size=64",
+            "val_queries=200",
+            "name=r",
+        ]
         return ["train", *[x for s in (*base, *sets) for x in ("--set", s)]]
 
 
@@ -130,10 +136,17 @@ def _unreadable_checkpoints(ws: Workspace) -> list[str]:
 
 
 def _search(ws: Workspace, **over) -> Path:
-    base = ws.write("base.yaml", yaml.safe_dump({"data": {"bank": str(ws.bank), "shards": str(ws.shards)},
-                                                 "storage": str(ws.root / "runs")}))
-    data = {"name": "s", "storage": str(ws.root / "tune"), "train": str(base),
-            "space": {"optim.lr": {"kind": "choice", "values": [0.01]}}, **over}
+    base = ws.write(
+        "base.yaml",
+        yaml.safe_dump({"data": {"bank": str(ws.bank), "shards": str(ws.shards)}, "storage": str(ws.root / "runs")}),
+    )
+    data = {
+        "name": "s",
+        "storage": str(ws.root / "tune"),
+        "train": str(base),
+        "space": {"optim.lr": {"kind": "choice", "values": [0.01]}},
+        **over,
+    }
     return ws.write("search.yaml", yaml.safe_dump(data))
 
 
@@ -146,59 +159,109 @@ def _other_encoder_npz(ws: Workspace) -> Path:
 
 Case = tuple[str, Callable[[Workspace], list[str]], str]
 CASES: list[Case] = [
-    ("bank-missing", lambda ws: ["build", "--bank", "nowhere", "--out", "s"], "nowhere/manifest.json: no bank manifest"),
+    (
+        "bank-missing",
+        lambda ws: ["build", "--bank", "nowhere", "--out", "s"],
+        "nowhere/manifest.json: no bank manifest",
+    ),
     ("inspect-nowhere", lambda ws: ["inspect", "nowhere"], "nowhere/manifest.json: no bank manifest"),
     ("bank-manifest-not-json", lambda ws: ["inspect", str(_broken_manifest(ws))], "not valid JSON"),
-    ("bank-vectors-changed", lambda ws: ["build", "--bank", str(_changed_vector(ws)), "--out", "s"],
-     "does not match manifest.json"),
+    (
+        "bank-vectors-changed",
+        lambda ws: ["build", "--bank", str(_changed_vector(ws)), "--out", "s"],
+        "does not match manifest.json",
+    ),
     ("bank-parquet-truncated", lambda ws: ["inspect", str(_truncated_parquet(ws))], "unreadable or corrupt Parquet"),
     ("synth-bad-type", lambda ws: ["synth", "--out", "b", "--dim", "big"], "dim must be an integer"),
     ("config-unknown-key", lambda ws: ["synth", "--out", "b", "--set", "colour=red"], "unknown key(s) ['colour']"),
-    ("config-not-yaml", lambda ws: ["train", "--config", str(ws.write("bad.yaml", "optim: [1, 2\n"))],
-     "bad.yaml: not valid YAML"),
+    (
+        "config-not-yaml",
+        lambda ws: ["train", "--config", str(ws.write("bad.yaml", "optim: [1, 2\n"))],
+        "bad.yaml: not valid YAML",
+    ),
     ("config-bad-choice", lambda ws: ws.train("tower.query=cnn"), "tower.query must be one of"),
     ("config-out-of-range", lambda ws: ws.train("optim.ema=1.0"), "0 <= ema < 1"),
     ("schedule-gap", lambda ws: ws.train("mining.schedule=0-1:none;3-5:8@0.5-0.9"), "gap, epochs 2-2 are not covered"),
-    ("build-too-little-data", lambda ws: ["build", "--bank", str(ws.bank), "--out", "s", "--min-train-pairs",
-                                          "1000000"], "too little data"),
-    ("build-bad-split", lambda ws: ["build", "--bank", str(ws.bank), "--out", "s", "--split", "0.5,0.5,0.5"],
-     "split must be three shares"),
-    ("build-output-exists", lambda ws: ["build", "--bank", str(ws.bank), "--out", str(ws.copy("shards"))],
-     "already exists (pass --overwrite"),
+    (
+        "build-too-little-data",
+        lambda ws: ["build", "--bank", str(ws.bank), "--out", "s", "--min-train-pairs", "1000000"],
+        "too little data",
+    ),
+    (
+        "build-bad-split",
+        lambda ws: ["build", "--bank", str(ws.bank), "--out", "s", "--split", "0.5,0.5,0.5"],
+        "split must be three shares",
+    ),
+    (
+        "build-output-exists",
+        lambda ws: ["build", "--bank", str(ws.bank), "--out", str(ws.copy("shards"))],
+        "already exists (pass --overwrite",
+    ),
     ("shards-missing", lambda ws: ws.train(shards=ws.root / "nowhere"), "no shards manifest here"),
     ("shards-of-another-bank", lambda ws: ws.train(bank=_other_bank(ws)), "shards were built with embedder"),
     ("shards-manifest-overlap", lambda ws: ["inspect", str(_manifest_overlap(ws))], "are in both train and test"),
     ("shards-leaked-rows-inspect", lambda ws: ["inspect", str(_leaked_val(ws))], "article ids read from the rows"),
     ("shards-leaked-rows-train", lambda ws: ws.train(shards=_leaked_val(ws)), "article ids read from the rows"),
-    ("shards-leaked-rows-eval", lambda ws: ["eval", "--shards", str(_leaked_val(ws)), "--out", "e"],
-     "article ids read from the rows"),
+    (
+        "shards-leaked-rows-eval",
+        lambda ws: ["eval", "--shards", str(_leaked_val(ws)), "--out", "e"],
+        "article ids read from the rows",
+    ),
     ("shards-rows-changed", lambda ws: ["inspect", str(_fewer_rows(ws))], "files hold"),
     ("train-fewer-than-one-step", lambda ws: ws.train("data.batch_size=100000"), "fewer than one step"),
-    ("train-gpu-missing", lambda ws: ws.train("use_gpu=true"), "no node can hold one training worker(s) (1 CPU, 1 GPU)"),
+    (
+        "train-gpu-missing",
+        lambda ws: ws.train("use_gpu=true"),
+        "no node can hold one training worker(s) (1 CPU, 1 GPU)",
+    ),
     ("train-storage-uri", lambda ws: ws.train("storage=bogus://nowhere/runs", "workers=1"), "bogus://"),
     ("train-run-changed", _changed_run, "exists with different ['tower']"),
     ("train-no-readable-checkpoint", _unreadable_checkpoints, "no checkpoint of this run can be read"),
-    ("tune-metric-not-full-bank", lambda ws: ["tune", "--config", str(_search(ws, metric="train/loss"))],
-     "full-bank validation metric"),
-    ("tune-unknown-space-key", lambda ws: ["tune", "--config", str(_search(
-        ws, space={"optim.lrr": {"kind": "choice", "values": [0.1]}}))], "space.optim.lrr"),
-    ("eval-bad-split", lambda ws: ["eval", "--shards", str(ws.shards), "--out", "e", "--split", "dev"],
-     "--split must be one of"),
+    (
+        "tune-metric-not-full-bank",
+        lambda ws: ["tune", "--config", str(_search(ws, metric="train/loss"))],
+        "full-bank validation metric",
+    ),
+    (
+        "tune-unknown-space-key",
+        lambda ws: ["tune", "--config", str(_search(ws, space={"optim.lrr": {"kind": "choice", "values": [0.1]}}))],
+        "space.optim.lrr",
+    ),
+    (
+        "eval-bad-split",
+        lambda ws: ["eval", "--shards", str(ws.shards), "--out", "e", "--split", "dev"],
+        "--split must be one of",
+    ),
     ("eval-not-a-run", lambda ws: ["eval", "--run", "nowhere"], "not a run directory"),
     ("eval-nothing-to-evaluate", lambda ws: ["eval"], "give --run RUN, or --shards DIR --out DIR"),
-    ("eval-no-checkpoints", lambda ws: ["eval", "--run", str(_run_with(ws)), "--checkpoint", "latest"],
-     "no checkpoints yet"),
+    (
+        "eval-no-checkpoints",
+        lambda ws: ["eval", "--run", str(_run_with(ws)), "--checkpoint", "latest"],
+        "no checkpoints yet",
+    ),
     ("compare-no-report", lambda ws: ["compare", "nowhere"], "no report.json"),
-    ("import-other-encoder", lambda ws: ["import-npz", str(_other_encoder_npz(ws)), "--bank", str(ws.bank), "--out",
-                                         "s"], "vectors do not match bank"),
-    ("ingest-no-documents", lambda ws: ["ingest", "--input", str(ws.write("docs/a.pdf", "x").parent), "--out", "b"],
-     "no documents here"),
+    (
+        "import-other-encoder",
+        lambda ws: ["import-npz", str(_other_encoder_npz(ws)), "--bank", str(ws.bank), "--out", "s"],
+        "vectors do not match bank",
+    ),
+    (
+        "ingest-no-documents",
+        lambda ws: ["ingest", "--input", str(ws.write("docs/a.pdf", "x").parent), "--out", "b"],
+        "no documents here",
+    ),
 ]
 ON_SESSION_RAY: list[Case] = [
-    ("train-cpus-exceed-cluster", lambda ws: ws.train("workers=3"), "in all 4 CPU, 0 GPU), but this Ray cluster has "
-                                                                     "at most 3 CPU"),
-    ("train-miners-exceed-cluster", lambda ws: ws.train("workers=1", "mining.schedule=0-5:8@0.5-0.9",
-                                                        "mining.actors=3"), "3 miner(s) x 1 CPU"),
+    (
+        "train-cpus-exceed-cluster",
+        lambda ws: ws.train("workers=3"),
+        "in all 4 CPU, 0 GPU), but this Ray cluster has at most 3 CPU",
+    ),
+    (
+        "train-miners-exceed-cluster",
+        lambda ws: ws.train("workers=1", "mining.schedule=0-5:8@0.5-0.9", "mining.actors=3"),
+        "3 miner(s) x 1 CPU",
+    ),
 ]
 
 

@@ -4,8 +4,8 @@ import pytest
 
 from raytt import config
 from raytt.resources import Ask, Capacity, Request, ResourceError, check, wait_until_free
-from raytt.runconfig import TrainConfig
-from raytt.train import resource_request
+from raytt.training.config import TrainConfig
+from raytt.training.driver import resource_request
 
 NODE = {"CPU": 4.0, "GPU": 0.0}
 
@@ -15,8 +15,18 @@ def _fixed(*nodes: dict) -> Capacity:
 
 
 def test_request_counts_workers_miners_encoder_and_ray_data():
-    cfg = config.load(TrainConfig, None, ["workers=2", "threads_per_worker=2", "mining.schedule=0-5:8@0.5-0.9",
-                                          "mining.actors=2", "mining.actor_cpus=1.5", "tower.doc=mlp"])
+    cfg = config.load(
+        TrainConfig,
+        None,
+        [
+            "workers=2",
+            "threads_per_worker=2",
+            "mining.schedule=0-5:8@0.5-0.9",
+            "mining.actors=2",
+            "mining.actor_cpus=1.5",
+            "tower.doc=mlp",
+        ],
+    )
     request = resource_request(cfg)
     assert request.total("CPU") == 2 * 2 + 2 * 1.5 + 1 + 1 and request.total("GPU") == 0
     assert resource_request(cfg, trials=3).total("CPU") == 3 * 2 * 2 + 2 * 1.5 + 1 + 1
@@ -29,8 +39,11 @@ def test_request_counts_workers_miners_encoder_and_ray_data():
 
 def test_a_gpu_on_a_cluster_without_one_is_refused_naming_both_sides():
     request = Request((Ask("training worker(s)", 2, 1, 1), Ask("Ray Data reader", 1, 1)))
-    with pytest.raises(ResourceError, match=r"no node can hold one training worker\(s\) \(1 CPU, 1 GPU\).*largest "
-                                            r"node of a fixed cluster has 4 CPU and 0 GPU.*use_gpu: false"):
+    with pytest.raises(
+        ResourceError,
+        match=r"no node can hold one training worker\(s\) \(1 CPU, 1 GPU\).*largest "
+        r"node of a fixed cluster has 4 CPU and 0 GPU.*use_gpu: false",
+    ):
         check(request, _fixed(NODE, NODE))
 
 
@@ -48,7 +61,9 @@ def test_more_cpus_than_a_fixed_cluster_holds_is_refused():
 
 
 def test_an_autoscaling_cluster_is_judged_by_what_it_may_grow_to():
-    grows = Capacity(({"CPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}), {"CPU": 66.0, "GPU": 8.0}, "this Ray cluster (autoscaling)")
+    grows = Capacity(
+        ({"CPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}), {"CPU": 66.0, "GPU": 8.0}, "this Ray cluster (autoscaling)"
+    )
     check(Request((Ask("training worker(s)", 8, 4, 1), Ask("Ray Data reader", 1, 1))), grows)
     with pytest.raises(ResourceError, match="at most 66 CPU and 8 GPU"):
         check(Request((Ask("training worker(s)", 9, 4, 1),)), grows)
@@ -57,8 +72,11 @@ def test_an_autoscaling_cluster_is_judged_by_what_it_may_grow_to():
 def test_waiting_for_a_busy_cluster_is_bounded_and_says_what_is_pending():
     request = Request((Ask("training worker(s)", 2, 1), Ask("Ray Data reader", 1, 1)))
     said = []
-    with pytest.raises(ResourceError, match=r"after 0s the cluster still lacks 2 more CPU \(free: 1 CPU, 0 GPU\).*"
-                                            r"resource_timeout_s"):
+    with pytest.raises(
+        ResourceError,
+        match=r"after 0s the cluster still lacks 2 more CPU \(free: 1 CPU, 0 GPU\).*"
+        r"resource_timeout_s",
+    ):
         wait_until_free(request, 0.0, said.append, free_now=lambda: {"CPU": 1.0, "GPU": 0.0})
     frees = iter([{"CPU": 1.0, "GPU": 0.0}, {"CPU": 3.0, "GPU": 0.0}])
     wait_until_free(request, 60.0, said.append, free_now=lambda: next(frees))

@@ -18,8 +18,13 @@ def brute_force(queries, truth, bank, exclude):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 120), q=st.integers(1, 30), dup=st.integers(0, 5), seed=st.integers(0, 99),
-       chunk=st.integers(1, 50))
+@given(
+    n=st.integers(2, 120),
+    q=st.integers(1, 30),
+    dup=st.integers(0, 5),
+    seed=st.integers(0, 99),
+    chunk=st.integers(1, 50),
+)
 def test_ranks_match_brute_force_with_ties(n, q, dup, seed, chunk):
     rng = np.random.default_rng(seed)
     bank = rng.standard_normal((n, 8)).astype(np.float32)

@@ -3,20 +3,22 @@ import os
 
 import numpy as np
 import pytest
+from helpers import QUIET, SMALL
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raytt.bank import load_bank, read_manifest, scan_bank, write_bank
 from raytt.errors import GateError, ShardError
-from raytt.sequences import (PAD, SPLITS, BuildConfig, _ShardWriter, assign_splits, build_shards, import_npz,
-                             open_shards)
-from raytt.synth import SynthConfig, generate
-from tests.conftest import QUIET, SMALL
+from raytt.sequences import PAD, SPLITS, BuildConfig, _ShardWriter, assign_splits, build_shards, import_npz, open_shards
+from raytt.synthetic import SynthConfig, generate
 
 
 @settings(max_examples=50, deadline=None)
-@given(names=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=200, unique=True),
-       seed=st.integers(0, 2**32), train=st.floats(0.0, 1.0))
+@given(
+    names=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=200, unique=True),
+    seed=st.integers(0, 2**32),
+    train=st.floats(0.0, 1.0),
+)
 def test_split_is_a_deterministic_partition(names, seed, train):
     fractions = (train, (1 - train) / 2, (1 - train) / 2)
     split = assign_splits(names, fractions, seed)
@@ -79,8 +81,7 @@ def test_leaked_splits_refused_on_load(synth_shards, tmp_path):
 
 def test_shards_of_another_bank_refused(synth_shards, tmp_path):
     other = tmp_path / "other"
-    generate(SynthConfig(num_vectors=SMALL.num_vectors, dim=SMALL.dim, latent_dim=16, seed=99), other,
-             progress=QUIET)
+    generate(SynthConfig(num_vectors=SMALL.num_vectors, dim=SMALL.dim, latent_dim=16, seed=99), other, progress=QUIET)
     with pytest.raises(ShardError, match="built with embedder .*seed=0.*this bank is .*seed=99"):
         open_shards(synth_shards, read_manifest(other))
 
@@ -89,16 +90,24 @@ def test_sha_mismatch_with_same_embedder_refused(synth_bank, synth_shards, tmp_p
     bank = load_bank(synth_bank)
     vectors = bank.vectors.copy()
     vectors[[0, 1]] = vectors[[1, 0]]
-    write_bank(tmp_path / "b2", vectors, list(bank.article_of(np.arange(bank.num_vectors))), bank.positions,
-               bank.manifest.embedder_id)
+    write_bank(
+        tmp_path / "b2",
+        vectors,
+        list(bank.article_of(np.arange(bank.num_vectors))),
+        bank.positions,
+        bank.manifest.embedder_id,
+    )
     with pytest.raises(ShardError, match="built against bank sha256 .* rebuild the shards"):
         open_shards(synth_shards, read_manifest(tmp_path / "b2"))
 
 
 def test_too_little_data_refused_before_writing(synth_bank, tmp_path):
     meta = scan_bank(synth_bank)
-    with pytest.raises(GateError, match=r"too little data: \d+ training pairs against a bank of 4000 vectors "
-                                        r"\(minimum 100000\).*--min-train-pairs"):
+    with pytest.raises(
+        GateError,
+        match=r"too little data: \d+ training pairs against a bank of 4000 vectors "
+        r"\(minimum 100000\).*--min-train-pairs",
+    ):
         build_shards(meta, tmp_path / "s", BuildConfig(min_train_pairs=100_000), progress=QUIET)
     assert not (tmp_path / "s").exists()
 
@@ -135,8 +144,9 @@ def test_import_aligns_loose_vectors_to_bank_keys(synth_bank, tmp_path):
     bank = load_bank(synth_bank)
     rows = np.flatnonzero(bank.positions >= 1)
     noise = np.random.default_rng(0).standard_normal
-    ctx, target = loose_npz(tmp_path / "x.npz", bank, rows,
-                            encode=lambda v: v + 0.002 * noise(v.shape).astype(np.float32))
+    ctx, target = loose_npz(
+        tmp_path / "x.npz", bank, rows, encode=lambda v: v + 0.002 * noise(v.shape).astype(np.float32)
+    )
     shards = import_npz(tmp_path / "x.npz", bank, tmp_path / "s", BuildConfig(min_train_pairs=100), progress=QUIET)
     got = {}
     for split in SPLITS:
@@ -164,8 +174,11 @@ def test_import_rejects_malformed_npz(synth_bank, tmp_path):
     np.savez(tmp_path / "a.npz", context_sequences=np.zeros((4, 3, bank.dim), np.float32))
     with pytest.raises(GateError, match="a.npz: missing array 'target_vectors'"):
         import_npz(tmp_path / "a.npz", bank, tmp_path / "s", BuildConfig())
-    np.savez(tmp_path / "b.npz", context_sequences=np.zeros((4, 3, 5), np.float32),
-             target_vectors=np.zeros((4, 5), np.float32))
+    np.savez(
+        tmp_path / "b.npz",
+        context_sequences=np.zeros((4, 3, 5), np.float32),
+        target_vectors=np.zeros((4, 5), np.float32),
+    )
     with pytest.raises(GateError, match="b.npz: vectors have dim 5, the bank has dim 64"):
         import_npz(tmp_path / "b.npz", bank, tmp_path / "s", BuildConfig())
 
@@ -183,8 +196,12 @@ def test_wrong_shard_format_refused(synth_shards, tmp_path):
 def test_empty_split_refused(tmp_path):
     generate(SynthConfig(num_vectors=300, dim=16, latent_dim=8), tmp_path / "b", progress=QUIET)
     with pytest.raises(GateError, match="split 'val' gets no rows"):
-        build_shards(scan_bank(tmp_path / "b"), tmp_path / "s", BuildConfig(split=(0.9995, 0.0005, 0.0),
-                     min_train_pairs=0), progress=QUIET)
+        build_shards(
+            scan_bank(tmp_path / "b"),
+            tmp_path / "s",
+            BuildConfig(split=(0.9995, 0.0005, 0.0), min_train_pairs=0),
+            progress=QUIET,
+        )
     assert not (tmp_path / "s").exists()
 
 
@@ -196,8 +213,9 @@ def test_import_rejects_nan_and_bad_article_ids(synth_bank, tmp_path):
     np.savez(tmp_path / "n.npz", context_sequences=ctx, target_vectors=tgt)
     with pytest.raises(GateError, match="n.npz: NaN or Inf"):
         import_npz(tmp_path / "n.npz", bank, tmp_path / "s", BuildConfig())
-    np.savez(tmp_path / "i.npz", context_sequences=ctx, target_vectors=bank.vectors[:4],
-             article_ids=np.array(["a", "b"]))
+    np.savez(
+        tmp_path / "i.npz", context_sequences=ctx, target_vectors=bank.vectors[:4], article_ids=np.array(["a", "b"])
+    )
     with pytest.raises(GateError, match=r"i.npz: article_ids must have shape \[4\]"):
         import_npz(tmp_path / "i.npz", bank, tmp_path / "s", BuildConfig())
     assert not (tmp_path / "s").exists()

@@ -23,7 +23,7 @@ def test_groups_of_dead_actors_are_released_and_a_drivers_own_are_not(ray_local)
     ray_local.get(controller.reserve.remote())
     ray_local.kill(controller)
     assert len(actor_placement_groups()) == 1, "Ray keeps the dead controller's group while the job lives"
-    while not release_orphaned_placement_groups():   # the GCS marks the creator dead soon after the kill
+    while not release_orphaned_placement_groups():  # the GCS marks the creator dead soon after the kill
         assert actor_placement_groups(), "the group went away without being released"
         time.sleep(0.1)
     assert actor_placement_groups() == []

@@ -1,11 +1,12 @@
-"""Towers: baselines through the tower code path equal the heuristics, padding is inert, one query function."""
+"""Towers: the parameter-free towers are the closed-form heuristics, padding is inert, one query function."""
 
 import numpy as np
 import pytest
 import torch
 
-from raytt.heuristics import exp_weighted, last, mean
-from raytt.towers import TowerConfig, TwoTower, gather, index_vectors, query_vectors
+from raytt.heuristics import baselines
+from raytt.tensors import gather
+from raytt.towers import TowerConfig, TwoTower, index_vectors, query_vectors
 
 
 def _context(rng, q=16, k=5, d=12):
@@ -17,8 +18,33 @@ def _context(rng, q=16, k=5, d=12):
     return bank, keys, lengths
 
 
-@pytest.mark.parametrize("kind,reference", [("last", lambda c, n: last(c, n)), ("mean", lambda c, n: mean(c, n)),
-                                            ("exp", lambda c, n: exp_weighted(c, n, 0.3))])
+def _unit(x):
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def exp_weighted(context, lengths, alpha):
+    """The closed form: weight alpha**d for the real vector d steps back from the last (d = 0)."""
+    back = np.arange(context.shape[1])[::-1]
+    weights = np.where(back[None, :] < lengths[:, None], float(alpha) ** back[None, :], 0.0)
+    return _unit(np.einsum("qk,qkd->qd", weights, context))
+
+
+def last(context, lengths):
+    return _unit(context[:, -1])
+
+
+def mean(context, lengths):
+    return exp_weighted(context, lengths, 1.0)
+
+
+@pytest.mark.parametrize(
+    "kind,reference",
+    [
+        ("last", lambda c, n: last(c, n)),
+        ("mean", lambda c, n: mean(c, n)),
+        ("exp", lambda c, n: exp_weighted(c, n, 0.3)),
+    ],
+)
 def test_parameter_free_towers_equal_the_heuristics(kind, reference):
     bank, keys, lengths = _context(np.random.default_rng(0))
     model = TwoTower(TowerConfig(query=kind, alpha=0.3), bank.shape[1])
@@ -74,7 +100,7 @@ def test_mix_tower_predicts_inside_the_span_of_its_last_window_chunks(window):
         older[:, : max(0, 5 - window)] = torch.randn(len(keys), max(0, 5 - window), bank.shape[1])
         np.testing.assert_allclose(model.query.body(older, torch.as_tensor(lengths)).numpy(), raw, atol=1e-5)
     for row, n in zip(range(len(keys)), lengths):
-        span = ctx[row, 5 - min(n, window):].numpy().T
+        span = ctx[row, 5 - min(n, window) :].numpy().T
         coef = np.linalg.lstsq(span, raw[row], rcond=None)[0]
         np.testing.assert_allclose(span @ coef, raw[row], atol=1e-4)
     assert np.abs(raw).max() > 1e-3
@@ -102,3 +128,12 @@ def test_tower_config_rejects_bad_values():
         TowerConfig(query="mix", window=0)
     with pytest.raises(ValueError, match="divisible"):
         TwoTower(TowerConfig(query="transformer", hidden=10, heads=4), 8)
+
+
+def test_baselines_are_the_parameter_free_towers_by_name():
+    bank, keys, lengths = _context(np.random.default_rng(3))
+    ctx = bank[np.clip(keys, 0, None)] * (keys >= 0)[..., None]
+    got = baselines(bank, keys, lengths, alphas=(0.5,))
+    assert sorted(got) == ["exp0.5", "last", "mean"]
+    np.testing.assert_allclose(got["exp0.5"], exp_weighted(ctx, lengths, 0.5), atol=1e-5)
+    np.testing.assert_allclose(got["last"], last(ctx, lengths), atol=1e-5)

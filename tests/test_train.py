@@ -4,25 +4,38 @@ import math
 
 import pytest
 import torch
+from helpers import QUIET
 
-from conftest import QUIET
-from raytt import config, runlog
-from raytt.commands import evaluate
+from raytt import config
 from raytt.checkpoints import CheckpointError
+from raytt.commands import evaluate
 from raytt.errors import ConfigError, RayttError
-from raytt.runconfig import TrainConfig
-from raytt.train import _ema_update, train
+from raytt.rundir import RunDir
+from raytt.training.config import TrainConfig
+from raytt.training.driver import train
+from raytt.training.setup import ema_update
 
 
 def _cfg(bank, shards, storage, **over) -> TrainConfig:
-    base = [f"data.bank={bank}", f"data.shards={shards}", f"storage={storage}", "data.batch_size=64",
-            "data.shuffle_buffer=2000", "tower.hidden=64", "tower.residual=false", "loss.tau=0.1", "optim.lr=5e-3",
-            "optim.warmup_steps=5", "log_every=10", "val_queries=400"]
+    base = [
+        f"data.bank={bank}",
+        f"data.shards={shards}",
+        f"storage={storage}",
+        "data.batch_size=64",
+        "data.shuffle_buffer=2000",
+        "tower.hidden=64",
+        "tower.residual=false",
+        "loss.tau=0.1",
+        "optim.lr=5e-3",
+        "optim.warmup_steps=5",
+        "log_every=10",
+        "val_queries=400",
+    ]
     return config.load(TrainConfig, None, base + [f"{k}={v}" for k, v in over.items()])
 
 
 def _rows(run_dir):
-    return runlog.read(run_dir / "metrics.jsonl")
+    return RunDir(run_dir).rows()
 
 
 def test_tiny_run_converges_and_evaluates(ray_local, synth_bank, synth_shards, tmp_path):
@@ -33,26 +46,40 @@ def test_tiny_run_converges_and_evaluates(ray_local, synth_bank, synth_shards, t
     result = evaluate(run=cfg.run_dir, split="val", max_queries=400, progress=QUIET)
     val = result["views"]["all"]
     assert val["model"]["R@10"] > val["last"]["R@10"]
-    assert val["model"]["R@10"] == pytest.approx(summary["best"]["value"])   # validation == evaluation
+    assert val["model"]["R@10"] == pytest.approx(summary["best"]["value"])  # validation == evaluation
     assert (cfg.run_dir / "eval" / "val" / "training_curves.png").is_file()
 
 
 def test_rerunning_a_name_resumes_where_it_stopped(ray_local, synth_bank, synth_shards, tmp_path):
-    cached = {"data.cache": "true"}   # the materialized dataset path, epoch after epoch
-    first = train(_cfg(synth_bank, synth_shards, tmp_path, name="resume", workers=0, **{"optim.epochs": 1}, **cached),
-                  progress=QUIET)
-    second = train(_cfg(synth_bank, synth_shards, tmp_path, name="resume", workers=0, **{"optim.epochs": 2}, **cached),
-                   progress=QUIET)
+    cached = {"data.cache": "true"}  # the materialized dataset path, epoch after epoch
+    first = train(
+        _cfg(synth_bank, synth_shards, tmp_path, name="resume", workers=0, **{"optim.epochs": 1}, **cached),
+        progress=QUIET,
+    )
+    second = train(
+        _cfg(synth_bank, synth_shards, tmp_path, name="resume", workers=0, **{"optim.epochs": 2}, **cached),
+        progress=QUIET,
+    )
     assert second["steps"] == 2 * first["steps"]
-    steps = [r["step"] for r in runlog.read_all(tmp_path / "resume" / "metrics.jsonl") if r["kind"] == "train"]
+    steps = [r["step"] for r in RunDir(tmp_path / "resume").all_rows() if r["kind"] == "train"]
     assert steps == sorted(set(steps)), "a resumed run must not replay steps it had checkpointed"
 
 
-def test_two_workers_gather_candidates_and_survive_an_injected_failure(ray_local, synth_bank, synth_shards, tmp_path,
-                                                                      monkeypatch):
-    monkeypatch.chdir(tmp_path)   # relative storage: workers run in another directory, the driver resolves it
-    cfg = _cfg(synth_bank, synth_shards, "runs", name="ddp", workers=2, checkpoint_every=6, fail_at_step=9,
-               log_every=3, **{"optim.epochs": 2})
+def test_two_workers_gather_candidates_and_survive_an_injected_failure(
+    ray_local, synth_bank, synth_shards, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # relative storage: workers run in another directory, the driver resolves it
+    cfg = _cfg(
+        synth_bank,
+        synth_shards,
+        "runs",
+        name="ddp",
+        workers=2,
+        checkpoint_every=6,
+        fail_at_step=9,
+        log_every=3,
+        **{"optim.epochs": 2},
+    )
     summary = train(cfg, progress=QUIET)
     cfg = config.load(TrainConfig, tmp_path / "runs" / "ddp" / "config.yaml")
     assert cfg.run_dir == tmp_path / "runs" / "ddp"
@@ -60,20 +87,28 @@ def test_two_workers_gather_candidates_and_survive_an_injected_failure(ray_local
     train_rows = [r for r in rows if "train/loss" in r]
     assert {r["train/candidates"] for r in train_rows} == {2 * 64}
     assert (cfg.run_dir / ".injected_failure").exists()
-    written = [r["step"] for r in runlog.read_all(cfg.run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    written = [r["step"] for r in RunDir(cfg.run_dir).all_rows() if r["kind"] == "train"]
     replayed = [s for i, s in enumerate(written) if s in written[:i]]
     assert replayed and max(replayed) - min(replayed) < cfg.checkpoint_every
     steps = [r["step"] for r in train_rows]
     assert steps == sorted(set(steps)), "readers see each step once, from the attempt that trained it last"
-    assert [r["attempt"] for r in runlog.starts(cfg.run_dir / "metrics.jsonl")] == [1, 2]
+    assert [r["attempt"] for r in RunDir(cfg.run_dir).starts()] == [1, 2]
     per_epoch = [r["step"] for r in rows if "val/R@10" in r]
     assert summary["steps"] == per_epoch[-1] == 2 * per_epoch[0]
 
 
 def test_an_epoch_ending_on_a_checkpoint_step_writes_one_checkpoint(ray_local, synth_bank, synth_shards, tmp_path):
     """Every step checkpoints, so each epoch's last step meets the epoch-end checkpoint; Ray prunes to one."""
-    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="every", workers=2, checkpoint_every=1, keep_checkpoints=1,
-               **{"optim.epochs": 3, "data.batch_size": 512})
+    cfg = _cfg(
+        synth_bank,
+        synth_shards,
+        tmp_path,
+        name="every",
+        workers=2,
+        checkpoint_every=1,
+        keep_checkpoints=1,
+        **{"optim.epochs": 3, "data.batch_size": 512},
+    )
     summary = train(cfg, progress=QUIET)
     assert summary["epochs"] == 3 and summary["steps"] >= 6
     left = sorted(p.name for p in cfg.run_dir.glob("checkpoint_*") if p.is_dir())
@@ -83,31 +118,34 @@ def test_an_epoch_ending_on_a_checkpoint_step_writes_one_checkpoint(ray_local, s
 def test_ema_update_is_a_moving_average():
     average, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
     torch.nn.init.zeros_(average.weight), torch.nn.init.ones_(model.weight)
-    _ema_update(average, model, 0.9)
+    ema_update(average, model, 0.9)
     assert torch.allclose(average.weight, torch.full((1, 2), 0.1))
 
 
 def test_ema_run_serves_the_average_and_resumes_both_weights(ray_local, synth_bank, synth_shards, tmp_path):
     over = {"optim.ema": 0.9}
-    first = train(_cfg(synth_bank, synth_shards, tmp_path, name="ema", workers=0, **{"optim.epochs": 1}, **over),
-                  progress=QUIET)
+    first = train(
+        _cfg(synth_bank, synth_shards, tmp_path, name="ema", workers=0, **{"optim.epochs": 1}, **over), progress=QUIET
+    )
     latest = sorted(p for p in (tmp_path / "ema").glob("checkpoint_*") if p.is_dir())[-1]
     served = torch.load(latest / "model.pt", weights_only=True)
     trained = torch.load(latest / "train_state.pt", weights_only=True)["train_weights"]
     assert served.keys() == trained.keys() and any(not torch.equal(served[k], trained[k]) for k in served)
-    second = train(_cfg(synth_bank, synth_shards, tmp_path, name="ema", workers=0, **{"optim.epochs": 2}, **over),
-                   progress=QUIET)
+    second = train(
+        _cfg(synth_bank, synth_shards, tmp_path, name="ema", workers=0, **{"optim.epochs": 2}, **over), progress=QUIET
+    )
     assert second["steps"] == 2 * first["steps"]
     result = evaluate(run=tmp_path / "ema", split="val", max_queries=400, progress=QUIET)
-    assert result["views"]["all"]["model"]["R@10"] == pytest.approx(second["best"]["value"])   # best/ = the average
+    assert result["views"]["all"]["model"]["R@10"] == pytest.approx(second["best"]["value"])  # best/ = the average
 
 
 def test_a_run_name_cannot_silently_change_model(ray_local, synth_bank, synth_shards, tmp_path):
     cfg = _cfg(synth_bank, synth_shards, tmp_path, name="fixed", workers=0, **{"optim.epochs": 1})
     train(cfg, progress=QUIET)
     with pytest.raises(ConfigError, match="different"):
-        train(_cfg(synth_bank, synth_shards, tmp_path, name="fixed", workers=0, **{"tower.query": "lstm"}),
-              progress=QUIET)
+        train(
+            _cfg(synth_bank, synth_shards, tmp_path, name="fixed", workers=0, **{"tower.query": "lstm"}), progress=QUIET
+        )
 
 
 def test_train_config_round_trip_and_strictness(tmp_path):
@@ -132,7 +170,7 @@ def test_storage_uri_holds_the_run_and_resumes_it(ray_local, synth_bank, synth_s
     assert second["steps"] == 2 * first["steps"], "the second run resumes from the checkpoint in the URI"
     assert {"config.yaml", "metrics.jsonl", "summary.json", "best"} <= {p.name for p in run.iterdir()}
     assert len([p for p in run.glob("checkpoint_*") if p.is_dir()]) == 2
-    steps = [r["step"] for r in runlog.read_all(run / "metrics.jsonl") if r["kind"] == "train"]
+    steps = [r["step"] for r in RunDir(run).all_rows() if r["kind"] == "train"]
     assert steps == sorted(set(steps)) and max(steps) == second["steps"]
     evaluate(run=f"{uri}/remote", split="val", max_queries=200, progress=QUIET)
     assert (run / "eval" / "val" / "report.json").is_file(), "the report is uploaded beside the run"
@@ -165,16 +203,30 @@ def test_gpu_workers_train_with_nccl_and_bf16(ray_local, synth_bank, synth_shard
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device; test_bf16_autocast_trains_on_cpu is the CPU twin")
-    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="gpu", workers=1, use_gpu="true", precision="bf16",
-               **{"optim.epochs": 2})
+    cfg = _cfg(
+        synth_bank,
+        synth_shards,
+        tmp_path,
+        name="gpu",
+        workers=1,
+        use_gpu="true",
+        precision="bf16",
+        **{"optim.epochs": 2},
+    )
     summary = train(cfg, progress=QUIET)
     assert summary["epochs"] == 2 and summary["best"]["value"] > 0
 
 
 def test_patience_stops_a_run_whose_validation_stopped_improving(ray_local, synth_bank, synth_shards, tmp_path):
     """Early stopping on full-bank validation: a parameter-free tower never improves after its first epoch."""
-    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="patient", workers=0,
-               **{"tower.query": "last", "optim.epochs": 6, "optim.patience": 2})
+    cfg = _cfg(
+        synth_bank,
+        synth_shards,
+        tmp_path,
+        name="patient",
+        workers=0,
+        **{"tower.query": "last", "optim.epochs": 6, "optim.patience": 2},
+    )
     summary = train(cfg, progress=QUIET)
     assert summary["epochs"] == 3 and summary["best"]["epoch"] == 1
     last = _rows(cfg.run_dir)[-1]
@@ -191,13 +243,15 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(ray_local,
     model = bad / "model.pt"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
     lines = []
-    second = train(_cfg(synth_bank, synth_shards, tmp_path, name="trunc", workers=0,
-                        **{**over, "optim.epochs": 2}), progress=lines.append)
+    second = train(
+        _cfg(synth_bank, synth_shards, tmp_path, name="trunc", workers=0, **{**over, "optim.epochs": 2}),
+        progress=lines.append,
+    )
     warning = next(line for line in lines if "unreadable" in line)
     assert bad.name in warning and "model.pt" in warning and good.name in warning
     assert f"resuming from {good.name}" in "\n".join(lines)
     assert second["steps"] == 2 * first["steps"]
-    start = runlog.starts(tmp_path / "trunc" / "metrics.jsonl")[-1]
+    start = RunDir(tmp_path / "trunc").starts()[-1]
     assert start["step"] == int(good.name.split("_")[1]), "the resumed attempt starts at the good checkpoint's step"
 
 
@@ -206,12 +260,12 @@ def test_no_readable_checkpoint_is_a_clear_error(ray_local, synth_bank, synth_sh
     for folder in (tmp_path / "broken").glob("checkpoint_*"):
         (folder / "train_state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="no checkpoint of this run can be read.*train_state.pt cannot be read"):
-        train(_cfg(synth_bank, synth_shards, tmp_path, name="broken", workers=0, **{"optim.epochs": 2}),
-              progress=QUIET)
+        train(_cfg(synth_bank, synth_shards, tmp_path, name="broken", workers=0, **{"optim.epochs": 2}), progress=QUIET)
 
 
 def test_a_full_disk_ends_the_run_naming_the_checkpoint_and_keeps_the_earlier_ones(
-        ray_local, synth_bank, synth_shards, tmp_path, monkeypatch):
+    ray_local, synth_bank, synth_shards, tmp_path, monkeypatch
+):
     """The third checkpoint write raises ENOSPC: the run stops with an error naming it; the first two stay loadable."""
     import errno
 
@@ -227,8 +281,11 @@ def test_a_full_disk_ends_the_run_naming_the_checkpoint_and_keeps_the_earlier_on
 
     monkeypatch.setattr(checkpoints.torch, "save", save)
     cfg = _cfg(synth_bank, synth_shards, tmp_path, name="full", workers=0, checkpoint_every=10, **{"optim.epochs": 1})
-    with pytest.raises(CheckpointError, match=r"full/checkpoint_000000030: cannot write the checkpoint of step 30 "
-                                              r"\(No space left on device\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"full/checkpoint_000000030: cannot write the checkpoint of step 30 "
+        r"\(No space left on device\)",
+    ):
         train(cfg, progress=QUIET)
     kept = sorted(p.name for p in cfg.run_dir.glob("checkpoint_*"))
     assert kept == ["checkpoint_000000010", "checkpoint_000000020"], "no partial checkpoint, the earlier ones intact"

@@ -37,8 +37,8 @@ def chunk(paragraphs: list[str], spec: ChunkSpec = ChunkSpec()) -> list[str]:
         for sentence in sentences(paragraph):
             words.extend(sentence.split())
             while len(words) >= spec.min_words:
-                chunks.append(" ".join(words[:spec.max_words]))
-                words = words[spec.max_words:]
+                chunks.append(" ".join(words[: spec.max_words]))
+                words = words[spec.max_words :]
     if len(words) >= spec.tail_words:
         chunks.append(" ".join(words))
     elif words and chunks:

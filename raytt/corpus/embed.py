@@ -17,8 +17,10 @@ def resolve(embedder: str) -> tuple[str, str]:
     path = Path(embedder).expanduser()
     if path.is_dir():
         if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
-            raise ConfigError(f"embedder {embedder}: a folder without modules.json or config.json is not a "
-                              f"sentence-transformers model")
+            raise ConfigError(
+                f"embedder {embedder}: a folder without modules.json or config.json is not a "
+                f"sentence-transformers model"
+            )
         return str(path.resolve()), path.resolve().name
     if embedder in PACKAGED:
         try:
@@ -39,19 +41,16 @@ def load(embedder: str, device: str = "cpu"):
     target, _ = resolve(embedder)
     try:
         return SentenceTransformer(target, device=device)
-    except Exception as exc:   # a hub miss, offline mode, a broken folder: all the same to the user
-        offline = " (HF_HUB_OFFLINE is set: only local paths and installed packages load)" \
-            if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise ConfigError(f"embedder {embedder!r}: cannot load it{offline}: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-
-
-def device_for(choice: str) -> str:
-    import torch
-
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("ingest device 'cuda' asked for, but torch sees no GPU here (use auto or cpu)")
-    return "cuda" if choice == "auto" and torch.cuda.is_available() else ("cpu" if choice == "auto" else choice)
+    except Exception as exc:  # a hub miss, offline mode, a broken folder: all the same to the user
+        offline = (
+            " (HF_HUB_OFFLINE is set: only local paths and installed packages load)"
+            if os.environ.get("HF_HUB_OFFLINE")
+            else ""
+        )
+        raise ConfigError(
+            f"embedder {embedder!r}: cannot load it{offline}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
 
 
 class Encoder:
@@ -67,7 +66,8 @@ class Encoder:
 
     def __call__(self, batch: dict) -> dict:
         texts = [str(t) for t in batch["text"]]
-        vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
+        vectors = self.model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         batch["vector"] = list(np.asarray(vectors, dtype=np.float32))
         return batch

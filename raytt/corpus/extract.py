@@ -48,7 +48,7 @@ class _Paragraphs(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.stack: list[bool] = []          # per open element: does it start a skipped region?
+        self.stack: list[bool] = []  # per open element: does it start a skipped region?
         self.skipping = 0
         self.current: list[str] | None = None
         self.depth_at_p = -1
@@ -114,8 +114,12 @@ def text_paragraphs(text: str) -> list[str]:
         if not stripped:
             _close(block, out)
             continue
-        if _DIRECTIVE.match(stripped) or _TABLE.match(line) or _UNDERLINE.match(stripped) or line[:4] == "    " \
-                and not block:
+        if (
+            _DIRECTIVE.match(stripped)
+            or _TABLE.match(line)
+            or _UNDERLINE.match(stripped)
+            or (line[:4] == "    " and not block)
+        ):
             _close(block, out)
             literal = stripped.endswith("::") or line[:4] == "    "
             continue

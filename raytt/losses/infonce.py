@@ -10,9 +10,16 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(queries: torch.Tensor, candidates: torch.Tensor, candidate_keys: torch.Tensor,
-             target_keys: torch.Tensor, offset: int, tau: float, mined: torch.Tensor | None = None,
-             mined_keys: torch.Tensor | None = None) -> torch.Tensor:
+def info_nce(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_keys: torch.Tensor,
+    target_keys: torch.Tensor,
+    offset: int,
+    tau: float,
+    mined: torch.Tensor | None = None,
+    mined_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean cross-entropy of query i picking candidate `offset + i` among all candidates and its mined rows.
 
     queries [B, D]; candidates [M, D] with keys [M] (the positives of every worker, this worker's at

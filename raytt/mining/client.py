@@ -9,6 +9,7 @@ in-batch negatives) and a count in `mining/fallback_rate`; the run goes on. At m
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -16,13 +17,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raytt.mining import MiningConfig
+from raytt.mining.config import MiningConfig
+from raytt.mining.messages import IndexOffer, MineAnswer, MineRequest, WeightsOffer
 from raytt.mining.pool import MinerPool, model_state
 from raytt.mining.schedule import Stage
 from raytt.mining.select import FILTERS
+from raytt.towers import TowerConfig
 
-COUNTS = ("requests", "fallbacks", "timeout", "error", "actor_died", "busy", "candidates", "kept", "short_rows",
-          "refreshes", *FILTERS)
+COUNTS = (
+    "requests",
+    "fallbacks",
+    "timeout",
+    "error",
+    "actor_died",
+    "busy",
+    "candidates",
+    "kept",
+    "short_rows",
+    "refreshes",
+    *FILTERS,
+)
 
 
 @dataclass
@@ -34,13 +48,13 @@ class Ticket:
 
 
 class MiningClient:
-    def __init__(self, pool: MinerPool, cfg: MiningConfig, rank: int, tower: dict) -> None:
+    def __init__(self, pool: MinerPool, cfg: MiningConfig, rank: int, tower: TowerConfig) -> None:
         self.pool, self.cfg, self.rank, self.tower = pool, cfg, rank, tower
-        self.refresh = tower["doc"] != "identity" and rank == 0
+        self.refresh = tower.doc != "identity" and rank == 0
         self.slot = rank
         self.in_flight: list = []
-        self.weights = None
-        self.index_offer = None
+        self.weights: WeightsOffer | None = None
+        self.index_offer: IndexOffer | None = None
         self.counts: Counter = Counter()
         self.latency_ms: list[float] = []
         self.staleness: list[int] = []
@@ -51,14 +65,15 @@ class MiningClient:
         import ray
 
         needs_weights = self.cfg.mine_by == "query" or self.refresh
-        if needs_weights and (self.weights is None or step - self.weights[1] >= self.cfg.sync_every):
-            self.weights = (time.time(), step, [ray.put(model_state(model))], self.tower)
-        if self.refresh and (self.index_offer is None or step - self.index_offer[1] >= self.cfg.refresh_every):
-            self.index_offer = (time.time(), step, [self.pool.encode(self.weights[2][0], self.tower)])
+        if needs_weights and (self.weights is None or step - self.weights.step >= self.cfg.sync_every):
+            self.weights = WeightsOffer(time.time(), step, ray.put(model_state(model)), self.tower)
+        if self.refresh and (self.index_offer is None or step - self.index_offer.step >= self.cfg.refresh_every):
+            self.index_offer = IndexOffer(time.time(), step, self.pool.encode(self.weights.state, self.tower))
             self.counts["refreshes"] += 1
 
-    def submit(self, stage: Stage, step: int, keys: torch.Tensor, lengths: torch.Tensor,
-               target: torch.Tensor) -> Ticket | None:
+    def submit(
+        self, stage: Stage, step: int, keys: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor
+    ) -> Ticket | None:
         """Ask for this batch's negatives now; None when the stage does not mine."""
         import ray
 
@@ -68,10 +83,15 @@ class MiningClient:
             _, self.in_flight = ray.wait(self.in_flight, num_returns=len(self.in_flight), timeout=0)
         if len(self.in_flight) >= self.cfg.max_in_flight:
             return Ticket(None, time.time())
-        request = {"context_keys": keys.numpy(), "context_len": lengths.numpy(), "target": target.numpy(),
-                   "spec": self.cfg.spec(stage), "step": step,
-                   "weights": self.weights if self.cfg.mine_by == "query" else None,
-                   "index": self.index_offer}
+        request = MineRequest(
+            keys.numpy(),
+            lengths.numpy(),
+            target.numpy(),
+            self.cfg.spec(stage),
+            step,
+            self.weights if self.cfg.mine_by == "query" else None,
+            self.index_offer,
+        )
         ref = self.pool.submit(request, self.slot)
         self.slot += 1
         self.in_flight.append(ref)
@@ -88,23 +108,21 @@ class MiningClient:
             return self._fallback("busy")
         ready, _ = ray.wait([ticket.ref], timeout=self.cfg.timeout_s)
         if not ready:
-            try:
+            with contextlib.suppress(Exception):
                 ray.cancel(ticket.ref)
-            except Exception:  # noqa: BLE001 - cancelling is best effort; the ref stays counted in flight
-                pass
             return self._fallback("timeout")
         try:
-            answer = ray.get(ticket.ref)
+            answer: MineAnswer = ray.get(ticket.ref)
         except ray.exceptions.RayActorError:
             return self._fallback("actor_died")
-        except Exception:  # noqa: BLE001 - any miner failure costs one batch its mined negatives, never the run
+        except Exception:
             return self._fallback("error")
-        self.counts.update(answer["stats"])
-        self.latency_ms.append(1000 * (answer["done"] - ticket.submitted))
-        if answer["weights_step"] >= 0:
-            self.staleness.append(step - answer["weights_step"])
-        self.versions.append(answer["index_version"])
-        return answer["keys"]
+        self.counts.update(answer.stats)
+        self.latency_ms.append(1000 * (answer.done - ticket.submitted))
+        if answer.weights_step >= 0:
+            self.staleness.append(step - answer.weights_step)
+        self.versions.append(answer.index_version)
+        return answer.keys
 
     def _fallback(self, reason: str) -> None:
         self.counts["fallbacks"] += 1
@@ -114,8 +132,10 @@ class MiningClient:
     def epoch_metrics(self, reduce) -> dict:
         """This epoch's mining metrics (counts summed over workers by `reduce`), then reset."""
         totals = dict(zip(COUNTS, reduce([float(self.counts[c]) for c in COUNTS])))
-        out = {"mining/requests": totals["requests"],
-               "mining/fallback_rate": totals["fallbacks"] / totals["requests"] if totals["requests"] else 0.0}
+        out = {
+            "mining/requests": totals["requests"],
+            "mining/fallback_rate": totals["fallbacks"] / totals["requests"] if totals["requests"] else 0.0,
+        }
         for reason in ("timeout", "error", "actor_died", "busy"):
             out[f"mining/fallback_{reason}"] = totals[reason]
         for name in ("candidates", "kept", "short_rows", "refreshes", *FILTERS):

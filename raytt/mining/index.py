@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raytt.retrieval import as_tensor
+from raytt.devices import resolve_device
+from raytt.tensors import as_tensor
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Index:
     def __init__(self, vectors: np.ndarray, spec: IndexSpec, version: int = 0) -> None:
         started = time.perf_counter()
         self.vectors, self.spec, self.version = vectors, spec, version
-        self.device = _device(spec.device)
+        self.device = resolve_device(spec.device, "mining.device")
         self.faiss_index = None
         self.engine = "torch"
         if spec.kind == "flat":
@@ -103,8 +104,10 @@ class Index:
         return _exact(as_tensor(queries).to(self.device), self.table, k, block)
 
     def describe(self) -> str:
-        return (f"{self.engine}, {len(self.vectors):,} x {self.vectors.shape[1]}, built in {self.build_seconds:.1f}s, "
-                f"{self.private_bytes / 2**20:,.0f} MiB private")
+        return (
+            f"{self.engine}, {len(self.vectors):,} x {self.vectors.shape[1]}, built in {self.build_seconds:.1f}s, "
+            f"{self.private_bytes / 2**20:,.0f} MiB private"
+        )
 
 
 def _exact(queries: torch.Tensor, table: torch.Tensor, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +116,7 @@ def _exact(queries: torch.Tensor, table: torch.Tensor, k: int, block: int) -> tu
     best_s = torch.full((len(queries), 0), -torch.inf, device=queries.device)
     best_i = torch.empty((len(queries), 0), dtype=torch.int64, device=queries.device)
     for start in range(0, len(table), block):
-        scores = queries @ table[start:start + block].T
+        scores = queries @ table[start : start + block].T
         s, i = scores.topk(min(k_eff, scores.shape[1]), dim=1)
         best_s, pick = torch.cat([best_s, s], 1).topk(min(k_eff, best_s.shape[1] + s.shape[1]), dim=1)
         best_i = torch.cat([best_i, i + start], 1).gather(1, pick)
@@ -131,14 +134,6 @@ def _flat_cpu(vectors: np.ndarray):
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index
-
-
-def _device(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("mining.device is 'cuda' but torch sees no GPU on this miner's node")
-    return choice
 
 
 def _faiss_gpu() -> bool:

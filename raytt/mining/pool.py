@@ -5,8 +5,8 @@ Each `Miner` maps the shared bank from the object store (zero-copy), builds its 
 filter, sample. A request carries what to mine (stage, filters, search depth: a Tune trial may vary
 them while every trial shares the pool), and the tower (config and weights) and any refreshed index
 as nested ObjectRefs with a timestamp, so a miner that Ray restarts catches up from the next
-request; nothing is pushed to actors out of band. An index refresh builds in a background thread while the old index keeps
-serving, then swaps in one assignment.
+request; nothing is pushed to actors out of band. An index refresh builds in a background thread
+while the old index keeps serving, then swaps in one assignment.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import time
 import numpy as np
 import torch
 
-from raytt import config
 from raytt.errors import RayttError
-from raytt.mining import MiningConfig
+from raytt.mining.config import MiningConfig
 from raytt.mining.index import Index
+from raytt.mining.messages import IndexOffer, MineAnswer, MineRequest, WeightsOffer
 from raytt.mining.select import BankLayout, select
 from raytt.towers import TowerConfig, TwoTower, index_vectors, query_vectors
 
@@ -31,13 +31,14 @@ def model_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
 
-def load_model(tower: dict, dim: int, state: dict) -> TwoTower:
-    model = TwoTower(config.from_dict(TowerConfig, tower, "miner tower"), dim)
+def load_model(tower: TowerConfig, dim: int, state: dict) -> TwoTower:
+    """A tower rebuilt from its config and `model_state` weights, in eval mode."""
+    model = TwoTower(tower, dim)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     return model.eval()
 
 
-def encode_bank(bank, state: dict, tower: dict) -> np.ndarray:
+def encode_bank(bank, state: dict, tower: TowerConfig) -> np.ndarray:
     """The doc tower over the whole bank: the index a trainable doc tower retrieves from."""
     return index_vectors(load_model(tower, bank.dim, state), bank.vectors)
 
@@ -45,10 +46,10 @@ def encode_bank(bank, state: dict, tower: dict) -> np.ndarray:
 class Miner:
     """One mining actor: an index over the shared bank and the tower weights to encode queries with."""
 
-    def __init__(self, bank_ref: list, mining: dict, number: int) -> None:
+    def __init__(self, bank_ref: list, cfg: MiningConfig, number: int) -> None:
         import ray
 
-        self.cfg = config.from_dict(MiningConfig, mining, "miner config")
+        self.cfg = cfg
         threads = max(1, int(self.cfg.actor_cpus))
         torch.set_num_threads(threads)
         bank = ray.get(bank_ref[0])
@@ -62,59 +63,74 @@ class Miner:
     def info(self) -> dict:
         import ray
 
-        return {"miner": self.number, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()[:8],
-                "index": self.index.describe(), "private_bytes": self.index.private_bytes}
+        return {
+            "miner": self.number,
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id()[:8],
+            "index": self.index.describe(),
+            "private_bytes": self.index.private_bytes,
+        }
 
-    def mine(self, request: dict) -> dict:
+    def mine(self, request: MineRequest) -> MineAnswer:
         """Negative keys for one batch, with the filter counts and what the answer was computed from."""
         received = time.time()
-        self._inject(request["step"])
-        self._offer_weights(request.get("weights"))
-        self._offer_index(request.get("index"))
-        index, spec = self.index, request["spec"]
-        target = request["target"]
+        self._inject(request.step)
+        self._offer_weights(request.weights)
+        self._offer_index(request.index)
+        index, spec = self.index, request.spec
         if spec.mine_by == "query":
             if self.model is None:
                 raise RuntimeError("mine_by=query but no tower weights were offered yet")
-            queries = query_vectors(self.model, self.bank, request["context_keys"], request["context_len"])
+            queries = query_vectors(self.model, self.bank, request.context_keys, request.context_len)
         else:
-            queries = index.vectors[target]
+            queries = index.vectors[request.target]
         scores, keys = index.search(queries, spec.search_k)
-        picked, stats = select(scores, keys, target, request["context_len"], self.layout, index.vectors, spec.stage,
-                               spec.filters, self.rng)
-        return {"keys": picked, "stats": stats, "index_version": index.version, "weights_step": self.weights_step,
-                "received": received, "done": time.time(), "miner": self.number}
+        picked, stats = select(
+            scores,
+            keys,
+            request.target,
+            request.context_len,
+            self.layout,
+            index.vectors,
+            spec.stage,
+            spec.filters,
+            self.rng,
+        )
+        return MineAnswer(picked, stats, index.version, self.weights_step, received, time.time(), self.number)
 
     def _inject(self, step: int) -> None:
         first, last = self.cfg.fault_steps
         if self.cfg.fault_kind == "raise" and first <= step <= last:
             raise RuntimeError(f"injected miner error at step {step}")
 
-    def _offer_weights(self, offer) -> None:
+    def _offer_weights(self, offer: WeightsOffer | None) -> None:
         """Adopt tower weights newer than the ones held (all workers hold the same weights at a step)."""
         import ray
 
-        if offer is None or offer[0] <= self.weights_stamp:
+        if offer is None or offer.stamp <= self.weights_stamp:
             return
-        stamp, step, (ref,), tower = offer
-        self.model = load_model(tower, self.bank.shape[1], ray.get(ref))
-        self.weights_stamp, self.weights_step = stamp, step
+        self.model = load_model(offer.tower, self.bank.shape[1], ray.get(offer.state))
+        self.weights_stamp, self.weights_step = offer.stamp, offer.step
 
-    def _offer_index(self, offer) -> None:
+    def _offer_index(self, offer: IndexOffer | None) -> None:
         """Start building a newer index in the background; the current one serves until it is ready."""
-        if offer is None or offer[0] <= max(self.index_stamp, self.building):
+        if offer is None or offer.stamp <= max(self.index_stamp, self.building):
             return
-        self.building = offer[0]
-        threading.Thread(target=self._build, args=offer, daemon=True).start()
+        self.building = offer.stamp
+        threading.Thread(target=self._build, args=(offer,), daemon=True).start()
 
-    def _build(self, stamp: float, step: int, refs: list) -> None:
+    def _build(self, offer: IndexOffer) -> None:
         import ray
 
+        stamp, step = offer.stamp, offer.step
         try:
-            index = Index(ray.get(refs[0]), self.cfg.index_spec(), version=step + 1)
-        except Exception as exc:  # noqa: BLE001 - a failed refresh keeps the old index; the next offer retries
-            print(f"miner {self.number}: index refresh from step {step} failed ({exc!r}); keeping version "
-                  f"{self.index.version}", flush=True)
+            index = Index(ray.get(offer.vectors), self.cfg.index_spec(), version=step + 1)
+        except Exception as exc:
+            print(
+                f"miner {self.number}: index refresh from step {step} failed ({exc!r}); keeping version "
+                f"{self.index.version}",
+                flush=True,
+            )
             self.building = self.index_stamp
             return
         if stamp > self.index_stamp:
@@ -128,27 +144,29 @@ class MinerPool:
         import ray
 
         self.cfg, self.bank_ref = cfg, bank_ref
-        actor = ray.remote(Miner).options(num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus,
-                                          max_restarts=cfg.max_restarts, max_task_retries=0)
-        mining = config.to_dict(cfg)
-        self.actors = [actor.remote([bank_ref], mining, i) for i in range(cfg.actors)]
+        actor = ray.remote(Miner).options(
+            num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus, max_restarts=cfg.max_restarts, max_task_retries=0
+        )
+        self.actors = [actor.remote([bank_ref], cfg, i) for i in range(cfg.actors)]
         started = time.perf_counter()
         try:
             infos = ray.get([a.info.remote() for a in self.actors], timeout=cfg.start_timeout_s)
         except ray.exceptions.GetTimeoutError:
             self.shutdown()
-            raise RayttError(f"mining: {cfg.actors} miner actor(s) did not start within {cfg.start_timeout_s:.0f}s; "
-                             f"each needs {cfg.actor_cpus} CPU(s) and {cfg.actor_gpus} GPU(s) free beside the "
-                             f"training workers (mining.actors, mining.actor_cpus)") from None
+            raise RayttError(
+                f"mining: {cfg.actors} miner actor(s) did not start within {cfg.start_timeout_s:.0f}s; "
+                f"each needs {cfg.actor_cpus} CPU(s) and {cfg.actor_gpus} GPU(s) free beside the "
+                f"training workers (mining.actors, mining.actor_cpus)"
+            ) from None
         progress(f"mining: {cfg.actors} miner(s) ready in {time.perf_counter() - started:.1f}s")
         for info in infos:
             progress(f"mining:   miner {info['miner']} (pid {info['pid']}, node {info['node']}): {info['index']}")
 
-    def submit(self, request: dict, slot: int):
+    def submit(self, request: MineRequest, slot: int):
         """Send one request to the miner at `slot` (round robin); returns its ObjectRef."""
         return self.actors[slot % len(self.actors)].mine.remote(request)
 
-    def encode(self, state_ref, tower: dict):
+    def encode(self, state_ref, tower: TowerConfig):
         """Start re-encoding the bank with the doc tower weights in `state_ref`; returns the index's ObjectRef."""
         import ray
 

@@ -27,7 +27,9 @@ class Stage:
     hi: float = 1.0
 
     def __str__(self) -> str:
-        what = "in-batch negatives only" if not self.count else f"{self.count} mined negatives, cosine {self.lo}-{self.hi}"
+        what = (
+            "in-batch negatives only" if not self.count else f"{self.count} mined negatives, cosine {self.lo}-{self.hi}"
+        )
         return f"epochs {self.first}-{self.last}: {what}"
 
 
@@ -54,10 +56,12 @@ class Curriculum:
     def check_covers(self, epochs: int, where: str = "mining.schedule") -> None:
         """A schedule that mines must say what every epoch of the run does."""
         if self.stages and self.stages[-1].last < epochs - 1:
-            raise ConfigError(f"{where} {self.text!r} covers epochs 0-{self.stages[-1].last}, but the run has "
-                              f"{epochs} epochs (0-{epochs - 1}); extend the last segment")
+            raise ConfigError(
+                f"{where} {self.text!r} covers epochs 0-{self.stages[-1].last}, but the run has "
+                f"{epochs} epochs (0-{epochs - 1}); extend the last segment"
+            )
 
-    def with_count(self, count: int) -> "Curriculum":
+    def with_count(self, count: int) -> Curriculum:
         """The same schedule with every mining stage asking for `count` negatives."""
         stages = tuple(Stage(s.first, s.last, count, s.lo, s.hi) if s.count else s for s in self.stages)
         return Curriculum(self.text, stages)
@@ -74,8 +78,7 @@ def parse(text: str, where: str = "mining.schedule") -> Curriculum:
         label = f"{where} segment {i} {part!r}"
         m = SEGMENT.match(part.replace(" ", ""))
         if not m:
-            raise ConfigError(f"{label}: expected FIRST-LAST:none or FIRST-LAST:COUNT@LO-HI "
-                              f"(e.g. 6-10:8@0.82-0.92)")
+            raise ConfigError(f"{label}: expected FIRST-LAST:none or FIRST-LAST:COUNT@LO-HI (e.g. 6-10:8@0.82-0.92)")
         first = int(m.group(1))
         last = int(m.group(2)) if m.group(2) is not None else first
         if last < first:

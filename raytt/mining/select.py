@@ -38,8 +38,17 @@ class BankLayout:
     positions: np.ndarray
 
 
-def select(scores: np.ndarray, keys: np.ndarray, target: np.ndarray, context_len: np.ndarray, layout: BankLayout,
-           vectors: np.ndarray, stage: Stage, cfg: FilterConfig, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def select(
+    scores: np.ndarray,
+    keys: np.ndarray,
+    target: np.ndarray,
+    context_len: np.ndarray,
+    layout: BankLayout,
+    vectors: np.ndarray,
+    stage: Stage,
+    cfg: FilterConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, dict]:
     """Negative keys [B, stage.count] (-1 padded) and the per-filter counts, from search results [B, K].
 
     The cheap filters (target, window, band) see every candidate; the two that need vectors see the
@@ -62,7 +71,7 @@ def select(scores: np.ndarray, keys: np.ndarray, target: np.ndarray, context_len
     alive = drop("window", same & (np.abs(offset) <= cfg.window) & ~in_context, alive)
     alive = drop("band", (scores < stage.lo) | (scores > stage.hi), alive)
 
-    order = _order(scores, alive, cfg.sampling, rng)[:, :min(k, 4 * stage.count)]
+    order = _order(scores, alive, cfg.sampling, rng)[:, : min(k, 4 * stage.count)]
     head_keys, head_alive = np.take_along_axis(safe, order, 1), np.take_along_axis(alive, order, 1)
     head = vectors[head_keys]
     to_target = np.matmul(head, vectors[target][:, :, None])[:, :, 0]

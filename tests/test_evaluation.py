@@ -5,27 +5,34 @@ import math
 
 import numpy as np
 import pytest
+from helpers import QUIET
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import QUIET
 from raytt import report
 from raytt.bank import scan_bank
-from raytt.evaluate import EvalError, evaluate, histogram, in_batch_accuracy, metrics
+from raytt.evaluation import EvalError, evaluate, histogram, in_batch_accuracy, metrics
 from raytt.retrieval import TIE_EPS, scan
 from raytt.sequences import BuildConfig, build_shards
-from raytt.synth import SynthConfig, generate
+from raytt.synthetic import SynthConfig, generate
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(3, 100), q=st.integers(1, 25), dup=st.integers(0, 5), seed=st.integers(0, 999),
-       chunk=st.integers(1, 40))
+@given(
+    n=st.integers(3, 100),
+    q=st.integers(1, 25),
+    dup=st.integers(0, 5),
+    seed=st.integers(0, 999),
+    chunk=st.integers(1, 40),
+)
 def test_scan_matches_brute_force_in_both_views(n, q, dup, seed, chunk):
     rng = np.random.default_rng(seed)
-    bank = np.round(rng.standard_normal((n, 6)), 1).astype(np.float32)   # rounding makes exact ties common
+    bank = np.round(rng.standard_normal((n, 6)), 1).astype(np.float32)  # rounding makes exact ties common
     bank[rng.integers(0, n, dup)] = bank[0]
     truth = rng.integers(0, n, q)
-    queries = np.where(rng.random((q, 1)) < 0.3, bank[truth], np.round(rng.standard_normal((q, 6)), 1)).astype(np.float32)
+    queries = np.where(rng.random((q, 1)) < 0.3, bank[truth], np.round(rng.standard_normal((q, 6)), 1)).astype(
+        np.float32
+    )
     context = rng.integers(-1, n, (q, 4))
     got = scan(queries, truth, bank, context=context, bank_chunk=chunk, query_block=6, device="cpu")
     scores = queries.astype(np.float64) @ bank.T.astype(np.float64)
@@ -50,8 +57,16 @@ def test_metrics_hand_values():
     assert out["MRR@10"] == pytest.approx((1 + 0.5) / 4)
     assert out["NDCG@10"] == pytest.approx((1 + 1 / math.log2(3)) / 4)
     assert out["median_rank"] == 6.5 and out["mean_rank"] == pytest.approx(2014 / 4)
-    assert histogram(ranks) == {"1": 1, "2-5": 1, "6-10": 0, "11-50": 1, "51-100": 0, "101-500": 0,
-                                "501-1000": 0, ">1000": 1}
+    assert histogram(ranks) == {
+        "1": 1,
+        "2-5": 1,
+        "6-10": 0,
+        "11-50": 1,
+        "51-100": 0,
+        "101-500": 0,
+        "501-1000": 0,
+        ">1000": 1,
+    }
 
 
 def test_in_batch_accuracy_can_be_perfect_while_full_bank_fails():
@@ -117,13 +132,13 @@ def test_scan_on_gpu_matches_cpu():
 def test_device_choice_falls_back_to_cpu_and_refuses_a_missing_gpu():
     import torch
 
+    from raytt.devices import resolve_device
     from raytt.errors import RayttError
-    from raytt.retrieval import default_device
 
-    assert default_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu") == default_device(None)
-    assert default_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu") == resolve_device(None)
+    assert resolve_device("cpu") == "cpu"
     with pytest.raises(RayttError, match="device must be"):
-        default_device("tpu")
+        resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(RayttError, match="no GPU"):
-            default_device("cuda")
+            resolve_device("cuda")

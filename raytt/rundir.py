@@ -1,6 +1,9 @@
-"""`metrics.jsonl`, the run's log: one JSON row per progress line, epoch end and (re)start.
+"""A run's directory: its paths, its mirror of a storage URI, and `metrics.jsonl`, the run's log.
 
-A run that restarts (a worker group restarted by Ray Train, or a re-run of the same name) replays
+`RunDir` is the one place that knows the layout (config.yaml, metrics.jsonl, summary.json, best/,
+checkpoint_*, eval/) and mirrors raytt's own files to and from a storage URI (`pull`/`push`; Ray Train
+uploads the checkpoints itself). `metrics.jsonl` holds one JSON row per progress line, epoch end and
+(re)start. A run that restarts (a worker group restarted by Ray Train, or a re-run of the same name) replays
 the steps after its last checkpoint, so the file can hold a step twice. Every row carries the
 `attempt` that wrote it, and `read` keeps, for each step and kind of row, the latest attempt's row:
 plots, summaries and `compare` see each step once.
@@ -10,11 +13,76 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from raytt.errors import RayttError
+from raytt.storage import download, upload
 
 KINDS = ("start", "train", "epoch")
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory (`path`), and the storage URI it mirrors when the run lives in object storage."""
+
+    path: Path
+    remote: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def location(self) -> str:
+        """Where the run lives, as a user would name it: the URI, or the directory."""
+        return self.remote or str(self.path)
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best"
+
+    def eval_dir(self, split: str) -> Path:
+        return self.path / "eval" / split
+
+    def pull(self, with_checkpoints: bool = False) -> None:
+        """Refresh the local mirror from the storage URI (no-op for a path run)."""
+        if self.remote:
+            download(self.remote, self.path, skip=() if with_checkpoints else (CHECKPOINT_PREFIX,))
+
+    def push(self) -> None:
+        """Upload raytt's own files (config, metrics, best/, summary, reports) to the storage URI (no-op for a path)."""
+        if self.remote:
+            upload(self.path, self.remote, skip=(CHECKPOINT_PREFIX,))
+
+    def append(self, row: dict, kind: str, attempt: int) -> dict:
+        """Append one row to metrics.jsonl (see the module function `append`)."""
+        return append(self.metrics, row, kind, attempt)
+
+    def rows(self, kind: str | None = None) -> list[dict]:
+        """metrics.jsonl's train and epoch rows, each step once (see `read`)."""
+        return read(self.metrics, kind)
+
+    def all_rows(self) -> list[dict]:
+        return read_all(self.metrics)
+
+    def starts(self) -> list[dict]:
+        return starts(self.metrics)
+
+    def next_attempt(self) -> int:
+        return next_attempt(self.metrics)
 
 
 def kind_of(row: dict) -> str:
@@ -57,7 +125,7 @@ def read_all(path: str | Path) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            continue   # empty, or a line cut short by a crash mid-write
+            continue  # empty, or a line cut short by a crash mid-write
     return rows
 
 

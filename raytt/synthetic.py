@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from raytt.bank import BankManifest, BankWriter
+from raytt.config import doc
 from raytt.errors import ConfigError, RayttError
 from raytt.storage import atomic_dir, write_json
 
@@ -29,33 +30,33 @@ ORACLE_DIR = "synth"
 BLOCK_ROWS = 65_536
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
 class SynthConfig:
     """Knobs of the synthetic corpus; the defaults give a laptop-sized bank with a clear oracle gap."""
 
-    num_vectors: int = field(default=50_000, metadata=_help("total chunk vectors in the bank"))
-    dim: int = field(default=384, metadata=_help("embedding dimension (384 and 768 are typical)"))
-    seed: int = field(default=0, metadata=_help("everything is a deterministic function of the seed"))
-    latent_dim: int = field(default=32, metadata=_help("dimension of the hidden space before projection"))
-    num_topics: int = field(default=16, metadata=_help("topics; articles of a topic share a region"))
-    topic_subspace: int = field(default=6, metadata=_help("dims of a topic's subspace holding theme planes"))
-    article_spread: float = field(default=0.8, metadata=_help("how far article centres sit from their topic"))
-    centre_weight: float = field(default=0.75, metadata=_help("share of a chunk that is the article centre"))
-    speed_min: float = field(default=0.5, metadata=_help("slowest theme rotation per chunk (radians)"))
-    speed_max: float = field(default=1.1, metadata=_help("fastest theme rotation per chunk (radians)"))
-    phase_jitter: float = field(default=0.3, metadata=_help("unpredictable phase noise per chunk (radians)"))
-    noise: float = field(default=0.5, metadata=_help("isotropic observation noise (norm, before normalising)"))
-    min_len: int = field(default=6, metadata=_help("shortest article in chunks"))
-    max_len: int = field(default=400, metadata=_help("longest article in chunks (long-tailed lengths)"))
-    boilerplate_rate: float = field(default=0.2, metadata=_help("share of articles with one boilerplate chunk"))
-    boilerplate_templates: int = field(default=20, metadata=_help("distinct boilerplate chunks shared across articles"))
-    boilerplate_noise: float = field(default=0.05, metadata=_help("noise of a boilerplate copy (near-duplicates)"))
-    quote_rate: float = field(default=0.0, metadata=_help(
-        "share of chunks in a source/quote pair: a near-copy of one chunk replaces a chunk of another article"))
+    num_vectors: int = field(default=50_000, metadata=doc("total chunk vectors in the bank"))
+    dim: int = field(default=384, metadata=doc("embedding dimension (384 and 768 are typical)"))
+    seed: int = field(default=0, metadata=doc("everything is a deterministic function of the seed"))
+    latent_dim: int = field(default=32, metadata=doc("dimension of the hidden space before projection"))
+    num_topics: int = field(default=16, metadata=doc("topics; articles of a topic share a region"))
+    topic_subspace: int = field(default=6, metadata=doc("dims of a topic's subspace holding theme planes"))
+    article_spread: float = field(default=0.8, metadata=doc("how far article centres sit from their topic"))
+    centre_weight: float = field(default=0.75, metadata=doc("share of a chunk that is the article centre"))
+    speed_min: float = field(default=0.5, metadata=doc("slowest theme rotation per chunk (radians)"))
+    speed_max: float = field(default=1.1, metadata=doc("fastest theme rotation per chunk (radians)"))
+    phase_jitter: float = field(default=0.3, metadata=doc("unpredictable phase noise per chunk (radians)"))
+    noise: float = field(default=0.5, metadata=doc("isotropic observation noise (norm, before normalising)"))
+    min_len: int = field(default=6, metadata=doc("shortest article in chunks"))
+    max_len: int = field(default=400, metadata=doc("longest article in chunks (long-tailed lengths)"))
+    boilerplate_rate: float = field(default=0.2, metadata=doc("share of articles with one boilerplate chunk"))
+    boilerplate_templates: int = field(default=20, metadata=doc("distinct boilerplate chunks shared across articles"))
+    boilerplate_noise: float = field(default=0.05, metadata=doc("noise of a boilerplate copy (near-duplicates)"))
+    quote_rate: float = field(
+        default=0.0,
+        metadata=doc(
+            "share of chunks in a source/quote pair: a near-copy of one chunk replaces a chunk of another article"
+        ),
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -70,8 +71,10 @@ class SynthConfig:
             (0.0 <= self.boilerplate_rate <= 1.0, "boilerplate_rate must be in [0, 1]"),
             (0.0 <= self.quote_rate <= 1.0, "quote_rate must be in [0, 1]"),
             (self.boilerplate_templates >= 1, "boilerplate_templates must be >= 1"),
-            (min(self.noise, self.phase_jitter, self.article_spread, self.boilerplate_noise) >= 0,
-             "noise, phase_jitter, article_spread and boilerplate_noise must be >= 0"),
+            (
+                min(self.noise, self.phase_jitter, self.article_spread, self.boilerplate_noise) >= 0,
+                "noise, phase_jitter, article_spread and boilerplate_noise must be >= 0",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -127,8 +130,9 @@ def hidden_world(cfg: SynthConfig) -> HiddenWorld:
     n_art, lat = len(lengths), cfg.latent_dim
     projection = np.linalg.qr(rng.standard_normal((cfg.dim, lat)))[0].T.astype(np.float32)
     topic_centre = unit(rng.standard_normal((cfg.num_topics, lat)))
-    topic_basis = np.stack([np.linalg.qr(rng.standard_normal((lat, cfg.topic_subspace)))[0].T
-                            for _ in range(cfg.num_topics)])
+    topic_basis = np.stack(
+        [np.linalg.qr(rng.standard_normal((lat, cfg.topic_subspace)))[0].T for _ in range(cfg.num_topics)]
+    )
     topic = rng.integers(0, cfg.num_topics, n_art)
     centre = unit(topic_centre[topic] + cfg.article_spread * rng.standard_normal((n_art, lat)) / np.sqrt(lat))
     e = unit(np.einsum("ak,akl->al", rng.standard_normal((n_art, cfg.topic_subspace)), topic_basis[topic]))
@@ -162,7 +166,7 @@ def _block(cfg: SynthConfig, world: HiddenWorld, first: int, last: int, rng: np.
     hidden = latent(phase)
     expected_prev = np.where(pos > 0, np.roll(phase, 1) + world.speed[art], phase)
     oracle = latent(expected_prev).astype(np.float32)
-    vectors = (hidden.astype(np.float32) @ world.projection)
+    vectors = hidden.astype(np.float32) @ world.projection
     vectors += (cfg.noise / np.sqrt(cfg.dim)) * rng.standard_normal(vectors.shape, dtype=np.float32)
     boiler_rows = np.flatnonzero(pos == world.boiler_at[art])
     copies = world.templates[world.boiler_id[art[boiler_rows]]]
@@ -178,7 +182,7 @@ def _block(cfg: SynthConfig, world: HiddenWorld, first: int, last: int, rng: np.
 def _plant_quotes(vectors: np.ndarray, art: np.ndarray, cfg: SynthConfig, rng: np.random.Generator) -> None:
     """Replace chunks with near-copies of chunks of other articles: planted false negatives for mining."""
     pairs = int(cfg.quote_rate * len(art) / 2)
-    rows = rng.permutation(len(art))[:2 * pairs]
+    rows = rng.permutation(len(art))[: 2 * pairs]
     source, quote = rows[:pairs], rows[pairs:]
     other = art[source] != art[quote]
     source, quote = source[other], quote[other]
@@ -196,18 +200,20 @@ def generate(cfg: SynthConfig, out: str | Path, overwrite: bool = False, progres
     with atomic_dir(out, overwrite=overwrite) as tmp:
         writer = BankWriter(tmp, dim=cfg.dim, normalization="l2")
         (tmp / ORACLE_DIR).mkdir()
-        oracle = np.lib.format.open_memmap(tmp / ORACLE_DIR / "oracle_latent.npy", mode="w+",
-                                           dtype=np.float32, shape=(cfg.num_vectors, cfg.latent_dim))
+        oracle = np.lib.format.open_memmap(
+            tmp / ORACLE_DIR / "oracle_latent.npy", mode="w+", dtype=np.float32, shape=(cfg.num_vectors, cfg.latent_dim)
+        )
         for i, (first, last) in enumerate(zip(block_edges[:-1], block_edges[1:])):
             ids, pos, vectors, latents = _block(cfg, world, first, last, np.random.default_rng(block_rngs[i]))
-            oracle[writer.num_rows:writer.num_rows + len(pos)] = latents
+            oracle[writer.num_rows : writer.num_rows + len(pos)] = latents
             writer.add(ids, pos, vectors)
             progress(f"synth: {writer.num_rows:,}/{cfg.num_vectors:,} vectors")
         oracle.flush()
         del oracle
         np.save(tmp / ORACLE_DIR / "projection.npy", world.projection)
-        write_json(tmp / ORACLE_DIR / "generator.json", {"generator": GENERATOR, "config": cfg.__dict__,
-                                                         "num_articles": n_art})
+        write_json(
+            tmp / ORACLE_DIR / "generator.json", {"generator": GENERATOR, "config": cfg.__dict__, "num_articles": n_art}
+        )
         return writer.finish(cfg.embedder_id, source=f"{GENERATOR} {json.dumps(cfg.__dict__)}")
 
 
@@ -260,24 +266,3 @@ def context_oracle(bank_dir: str | Path, target_keys: np.ndarray, context_length
     phase = phase_before(target) + speed
     theme = np.cos(phase)[:, None] * world.plane_e[a] + np.sin(phase)[:, None] * world.plane_f[a]
     return unit((cfg.centre_weight * world.centre[a] + radius * theme) @ world.projection).astype(np.float32)
-
-
-def heuristic_report(bank_dir: str | Path, num_queries: int = 2000, context_len: int = 5,
-                     seed: int = 0) -> dict[str, dict[str, float]]:
-    """Full-bank metrics of the baselines and the oracle on sampled windows of a synthetic bank."""
-    from raytt.bank import load_bank
-    from raytt.heuristics import baselines, gather_context
-    from raytt.retrieval import mrr_at, recall_at, truth_ranks
-    from raytt.sequences import sample_windows
-
-    bank = load_bank(bank_dir)
-    ctx, lengths, target = sample_windows(bank, context_len, num_queries, seed)
-    queries = baselines(gather_context(bank.vectors, ctx), lengths, alphas=(0.5,))
-    queries["oracle"] = OraclePredictor(bank_dir).predict(target)
-    table = {}
-    for name, q in queries.items():
-        ranks = truth_ranks(q, target, bank.vectors)
-        excl = truth_ranks(q, target, bank.vectors, exclude=ctx)
-        table[name] = {"R@1": recall_at(ranks, 1), "R@10": recall_at(ranks, 10), "R@100": recall_at(ranks, 100),
-                       "MRR@10": mrr_at(ranks, 10), "R@10 ctx-excl": recall_at(excl, 10)}
-    return table

@@ -23,14 +23,28 @@ from typing import Literal
 
 from ray.tune import Callback
 
-from raytt import checkpoints, config
+from raytt import config
+from raytt.bank import share_bank
+from raytt.config import doc
 from raytt.errors import ConfigError, RayttError
-from raytt.runconfig import TrainConfig
+from raytt.rundir import RunDir
 from raytt.session import actor_placement_groups, release_orphaned_placement_groups
 from raytt.storage import Located, check_uri, download, is_uri, locate
+from raytt.training.config import TrainConfig
+from raytt.training.driver import (
+    Prepared,
+    absolute_paths,
+    find_resume,
+    join_ray,
+    make_trainer,
+    prepare,
+    resource_request,
+    start_pool,
+    train_dataset,
+)
 
 SEARCH_FILE = "search.yaml"
-TRIAL_DRIVER_CPU = 0.01   # a trial's own actor only waits on its TorchTrainer; the workers hold the CPUs
+TRIAL_DRIVER_CPU = 0.01  # a trial's own actor only waits on its TorchTrainer; the workers hold the CPUs
 # Tune gives a stopped trial's actor this long to end before killing it (Ray's default: 600 s). Until it ends,
 # its Ray Train controller and worker placement group live on and hold CPUs later trials need.
 FORCE_CLEANUP_ENV, FORCE_CLEANUP_S = "TUNE_FORCE_TRIAL_CLEANUP_S", 60
@@ -38,16 +52,13 @@ RELEASE_EVERY_S = 2.0
 Value = str | int | float | bool
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class Param:
     """One dimension of the search space."""
 
     kind: Literal["loguniform", "uniform", "randint", "choice", "grid"] = field(
-        default="choice", metadata=_help("loguniform/uniform/randint over [low, high], or choice/grid over values"))
+        default="choice", metadata=doc("loguniform/uniform/randint over [low, high], or choice/grid over values")
+    )
     low: float = 0.0
     high: float = 0.0
     values: tuple[Value, ...] = ()
@@ -82,31 +93,42 @@ class Param:
 
 @dataclass
 class SearchConfig(Located):
-    name: str = field(default="tune", metadata=_help("search name: its directory under storage; --resume continues it"))
-    storage: str = field(default="runs/tune", metadata=_help(
-        "where searches go: a path (shared by every node on a cluster) or a URI such as s3://bucket/tune"))
-    train: str = field(default="configs/demo.yaml", metadata=_help("the base training config every trial starts from"))
-    overrides: tuple[str, ...] = field(default=(), metadata=_help("overrides of the base config, KEY=VALUE"))
-    search: Literal["random", "grid", "optuna"] = field(default="random", metadata=_help(
-        "random sampling, a grid over choice/grid values, or Optuna's TPE (pip install raytt[optuna])"))
-    num_samples: int = field(default=6, metadata=_help("trials (random, optuna); repeats of the grid (grid)"))
-    metric: str = field(default="val/R@10", metadata=_help("full-bank validation metric to maximise: val/R@K or val/MRR@10"))
-    scheduler: Literal["asha", "fifo"] = field(default="asha", metadata=_help("asha stops weak trials early; fifo runs all"))
-    grace_period: int = field(default=1, metadata=_help("asha: epochs every trial runs before it can be stopped"))
-    reduction_factor: int = field(default=2, metadata=_help("asha: keep the top 1/reduction_factor at each rung"))
-    max_concurrent_trials: int = field(default=0, metadata=_help("0 = as many as the cluster's CPUs/GPUs fit"))
-    seed: int = field(default=0, metadata=_help("seed of the search algorithm"))
-    space: dict[str, Param] = field(default_factory=dict, metadata=_help("dotted training-config key -> Param"))
+    name: str = field(default="tune", metadata=doc("search name: its directory under storage; --resume continues it"))
+    storage: str = field(
+        default="runs/tune",
+        metadata=doc("where searches go: a path (shared by every node on a cluster) or a URI such as s3://bucket/tune"),
+    )
+    train: str = field(default="configs/demo.yaml", metadata=doc("the base training config every trial starts from"))
+    overrides: tuple[str, ...] = field(default=(), metadata=doc("overrides of the base config, KEY=VALUE"))
+    search: Literal["random", "grid", "optuna"] = field(
+        default="random",
+        metadata=doc("random sampling, a grid over choice/grid values, or Optuna's TPE (pip install raytt[optuna])"),
+    )
+    num_samples: int = field(default=6, metadata=doc("trials (random, optuna); repeats of the grid (grid)"))
+    metric: str = field(
+        default="val/R@10", metadata=doc("full-bank validation metric to maximise: val/R@K or val/MRR@10")
+    )
+    scheduler: Literal["asha", "fifo"] = field(
+        default="asha", metadata=doc("asha stops weak trials early; fifo runs all")
+    )
+    grace_period: int = field(default=1, metadata=doc("asha: epochs every trial runs before it can be stopped"))
+    reduction_factor: int = field(default=2, metadata=doc("asha: keep the top 1/reduction_factor at each rung"))
+    max_concurrent_trials: int = field(default=0, metadata=doc("0 = as many as the cluster's CPUs/GPUs fit"))
+    seed: int = field(default=0, metadata=doc("seed of the search algorithm"))
+    space: dict[str, Param] = field(default_factory=dict, metadata=doc("dotted training-config key -> Param"))
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"name must be a non-empty directory name, got {self.name!r}")
         if not self.metric.startswith("val/") or self.metric == "val/in_batch_acc":
-            raise ValueError(f"metric must be a full-bank validation metric (val/R@K, val/MRR@10), not "
-                             f"{self.metric!r}: loss and in-batch accuracy say nothing about full-bank retrieval")
+            raise ValueError(
+                f"metric must be a full-bank validation metric (val/R@K, val/MRR@10), not "
+                f"{self.metric!r}: loss and in-batch accuracy say nothing about full-bank retrieval"
+            )
         if self.num_samples < 1 or self.grace_period < 1 or self.reduction_factor < 2 or self.max_concurrent_trials < 0:
-            raise ValueError("num_samples and grace_period must be >= 1, reduction_factor >= 2, "
-                             "max_concurrent_trials >= 0")
+            raise ValueError(
+                "num_samples and grace_period must be >= 1, reduction_factor >= 2, max_concurrent_trials >= 0"
+            )
         if not self.space:
             raise ValueError("space is empty: name at least one training-config key to search")
         if self.search == "grid" and any(p.kind not in ("choice", "grid") for p in self.space.values()):
@@ -144,8 +166,6 @@ def set_dotted(data: dict, key: str, value) -> None:
 
 def base_config(search: SearchConfig) -> dict:
     """The base training config as a plain mapping (relative paths resolved on the driver)."""
-    from raytt.train import absolute_paths
-
     return config.to_dict(absolute_paths(config.load(TrainConfig, search.train, list(search.overrides))))
 
 
@@ -166,7 +186,10 @@ def with_params(base: dict, params: dict) -> dict:
 def check_space(search: SearchConfig, base: dict) -> None:
     """Every space key must name a training-config field and accept its values, before anything starts."""
     for key, param in search.space.items():
-        for value in (param.values or (param.sample_value(), param.high if param.kind != "randint" else int(param.high) - 1)):
+        for value in param.values or (
+            param.sample_value(),
+            param.high if param.kind != "randint" else int(param.high) - 1,
+        ):
             try:
                 cfg = trial_config(base, {key: value}, Path("."), "check")
             except ConfigError as exc:
@@ -177,7 +200,6 @@ def check_space(search: SearchConfig, base: dict) -> None:
 def check_trial_resources(search: SearchConfig, base: dict, trials: str, mines: bool) -> None:
     """Refuse a search one of whose trials (the base, or the base with one space value) can never be placed."""
     from raytt.resources import check, cluster_capacity
-    from raytt.train import resource_request
 
     capacity = cluster_capacity()
     for key, param in search.space.items():
@@ -201,22 +223,33 @@ def concurrency(search: SearchConfig, base: TrainConfig, cpus: float, gpus: floa
     return int(max(1, min(by_cpu, by_gpu)))
 
 
-def run_trial(params: dict, shared: dict) -> None:
+@dataclass
+class TrialInputs:
+    """What every trial gets from the search's driver (Ray pickles it once per trial)."""
+
+    base: dict  # the base training config as a mapping, for the space's dotted keys
+    inputs: Prepared  # the data the driver checked and loaded once
+    bank: object  # ObjectRef of the bank, put once
+    pool: object | None  # the miner pool every trial shares
+    trials: str  # where trial run directories go (a path or a URI)
+
+
+def run_trial(params: dict, shared: TrialInputs) -> None:
     """One trial: the base config plus `params`, trained by its own TorchTrainer, reported to Tune."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raytt.train import find_resume, make_trainer
-
     name = ray.tune.get_context().get_trial_id()
-    cfg = trial_config(shared["base"], params, shared["trials"], name)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints.pull(cfg.remote, cfg.run_dir)
-    with open(cfg.run_dir / "starts.log", "a") as log:
+    cfg = trial_config(shared.base, params, shared.trials, name)
+    run = cfg.run
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.pull()
+    with open(run.path / "starts.log", "a") as log:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} params={json.dumps(params, sort_keys=True)}\n")
-    checkpoints.push(cfg.run_dir, cfg.remote)
-    trainer = make_trainer(cfg, shared["inputs"], shared["bank"], shared["pool"], find_resume(cfg),
-                           callbacks=[TuneReportCallback()], tune=True)
+    run.push()
+    trainer = make_trainer(
+        cfg, shared.inputs, shared.bank, shared.pool, find_resume(cfg), callbacks=[TuneReportCallback()], tune=True
+    )
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -224,70 +257,91 @@ def run_trial(params: dict, shared: dict) -> None:
 
 def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dict]:
     """Run (or resume) a search; returns the results table, best first."""
-    import ray
-    from ray import tune as rt
-
-    from raytt.train import join_ray, prepare, resource_request, start_pool, train_dataset
-
     if not resume:
         search = dataclasses.replace(search, train=str(Path(search.train).resolve()))
-    run_dir = search.run_dir if search.remote else search.run_dir.resolve()
-    trials = f"{search.remote}/trials" if search.remote else str(run_dir / "trials")
-    if search.remote:
-        check_uri(search.remote)
+    run = RunDir(search.run_dir if search.remote else search.run_dir.resolve(), search.remote)
+    shared, base_cfg = start_search(search, run, resume, progress)
+    started = time.perf_counter()
+    try:
+        grid = make_tuner(search, run, shared, base_cfg, resume, progress).fit()
+    finally:
+        if shared.pool:
+            shared.pool.shutdown()
+        release_trial_groups()
+    rows = results_table(grid, search, base_cfg)
+    write_results(rows, search, shared.base, run.path)
+    run.push()
+    progress(format_results(rows, search))
+    progress(
+        f"tune: done in {time.perf_counter() - started:.0f}s; {run.location}/results.csv, best config "
+        f"{run.location}/best.yaml"
+    )
+    return rows
+
+
+def start_search(search: SearchConfig, run: RunDir, resume: bool, progress=print) -> tuple[TrialInputs, TrainConfig]:
+    """Check the space and the data, join Ray, read the data and put the bank once, start the shared miners."""
+    trials = f"{run.remote}/trials" if run.remote else str(run.path / "trials")
+    if run.remote:
+        check_uri(run.remote)
     base = base_config(search)
     check_space(search, base)
     base_cfg = config.from_dict(TrainConfig, base, search.train)
     mines = base_cfg.mining.curriculum.mines or any(
         trial_config(base, {k: v}, trials, "check").mining.curriculum.mines
-        for k, p in search.space.items() if k.startswith("mining.") for v in p.values)
+        for k, p in search.space.items()
+        if k.startswith("mining.")
+        for v in p.values
+    )
     inputs = prepare(base_cfg, progress, check_run=False)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run.path.mkdir(parents=True, exist_ok=True)
     if not resume:
-        config.dump(search, run_dir / SEARCH_FILE)
-        checkpoints.push(run_dir, search.remote)
-    join_ray(resource_request(base_cfg, mines=mines), base_cfg.resource_timeout_s, progress,
-             private_cpus=resource_request(base_cfg, trials=2, mines=mines).total("CPU"))
+        config.dump(search, run.path / SEARCH_FILE)
+        run.push()
+    join_ray(
+        resource_request(base_cfg, mines=mines),
+        base_cfg.resource_timeout_s,
+        progress,
+        private_cpus=resource_request(base_cfg, trials=2, mines=mines).total("CPU"),
+    )
     check_trial_resources(search, base, trials, mines)
-    if base_cfg.data.cache:   # read once here, before any trial: no trial then needs a free CPU to read
-        inputs["dataset"] = train_dataset(base_cfg, inputs)
+    if base_cfg.data.cache:  # read once here, before any trial: no trial then needs a free CPU to read
+        inputs.dataset = train_dataset(base_cfg, inputs.files)
     os.environ.setdefault(FORCE_CLEANUP_ENV, str(FORCE_CLEANUP_S))
-    bank_ref = ray.put(inputs["bank"])
+    bank_ref = share_bank(inputs.bank)
     pool = start_pool(base_cfg, bank_ref, progress, force=mines)
+    return TrialInputs(base, inputs, bank_ref, pool, trials), base_cfg
+
+
+def make_tuner(
+    search: SearchConfig, run: RunDir, shared: TrialInputs, base_cfg: TrainConfig, resume: bool, progress=print
+):
+    """The `Tuner` over `run_trial` (restored from its saved state when resuming), as many trials at once as fit."""
+    import ray
+    from ray import tune as rt
+
     resources = ray.cluster_resources()
-    miner_cpus = base_cfg.mining.actors * base_cfg.mining.actor_cpus if pool else 0
+    miner_cpus = base_cfg.mining.actors * base_cfg.mining.actor_cpus if shared.pool else 0
     limit = concurrency(search, base_cfg, resources.get("CPU", 1), resources.get("GPU", 0), miner_cpus)
-    shared = {"base": base, "inputs": inputs, "bank": bank_ref, "pool": pool, "trials": trials}
     trainable = rt.with_resources(rt.with_parameters(run_trial, shared=shared), {"cpu": TRIAL_DRIVER_CPU})
-    progress(f"tune: {search.search} search over {sorted(search.space)}, {search.num_samples} sample(s), metric "
-             f"{search.metric}, scheduler {search.scheduler}; up to {limit} trial(s) at once")
-    started = time.perf_counter()
-    try:
-        if resume:
-            where = search.remote or str(run_dir)
-            if not rt.Tuner.can_restore(where):
-                raise RayttError(f"{where}: no Tune experiment state to resume")
-            tuner = rt.Tuner.restore(where, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            tuner = rt.Tuner(trainable, param_space={k: p.to_tune(search.search == "grid")
-                                                     for k, p in search.space.items()},
-                             tune_config=_tune_config(search, base_cfg, limit),
-                             run_config=ray.tune.RunConfig(name=search.name,
-                                                           storage_path=search.storage if search.remote
-                                                           else str(run_dir.parent),
-                                                           verbose=0, callbacks=[ReleaseEndedTrials()]))
-        grid = tuner.fit()
-    finally:
-        if pool:
-            pool.shutdown()
-        release_trial_groups()
-    rows = results_table(grid, search, base_cfg)
-    write_results(rows, search, base, run_dir)
-    checkpoints.push(run_dir, search.remote)
-    where = search.remote or str(run_dir)
-    progress(format_results(rows, search))
-    progress(f"tune: done in {time.perf_counter() - started:.0f}s; {where}/results.csv, best config {where}/best.yaml")
-    return rows
+    progress(
+        f"tune: {search.search} search over {sorted(search.space)}, {search.num_samples} sample(s), metric "
+        f"{search.metric}, scheduler {search.scheduler}; up to {limit} trial(s) at once"
+    )
+    if resume:
+        if not rt.Tuner.can_restore(run.location):
+            raise RayttError(f"{run.location}: no Tune experiment state to resume")
+        return rt.Tuner.restore(run.location, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    space = {k: p.to_tune(search.search == "grid") for k, p in search.space.items()}
+    storage = search.storage if search.remote else str(run.path.parent)
+    return rt.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=_tune_config(search, base_cfg, limit),
+        run_config=ray.tune.RunConfig(
+            name=search.name, storage_path=storage, verbose=0, callbacks=[ReleaseEndedTrials()]
+        ),
+    )
 
 
 class ReleaseEndedTrials(Callback):
@@ -326,12 +380,26 @@ def _tune_config(search: SearchConfig, base: TrainConfig, limit: int):
         except ImportError as exc:
             raise ConfigError(f"search: optuna needs the optuna package (pip install 'raytt[optuna]'): {exc}") from None
         algo = OptunaSearch(seed=search.seed)
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=base.optim.epochs, grace_period=search.grace_period,
-                               reduction_factor=search.reduction_factor)
-                 if search.scheduler == "asha" else FIFOScheduler())
-    return rt.TuneConfig(metric=search.metric, mode="max", search_alg=algo, scheduler=scheduler,
-                         num_samples=search.num_samples, max_concurrent_trials=limit,
-                         trial_dirname_creator=_trial_id, trial_name_creator=_trial_id)
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            max_t=base.optim.epochs,
+            grace_period=search.grace_period,
+            reduction_factor=search.reduction_factor,
+        )
+        if search.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    return rt.TuneConfig(
+        metric=search.metric,
+        mode="max",
+        search_alg=algo,
+        scheduler=scheduler,
+        num_samples=search.num_samples,
+        max_concurrent_trials=limit,
+        trial_dirname_creator=_trial_id,
+        trial_name_creator=_trial_id,
+    )
 
 
 def _trial_id(trial) -> str:
@@ -346,11 +414,16 @@ def results_table(grid, search: SearchConfig, base: TrainConfig) -> list[dict]:
         history = result.metrics_dataframe
         values = history[search.metric].dropna() if history is not None and search.metric in history else []
         epochs = int(history["epoch"].max()) if history is not None and "epoch" in history and len(history) else 0
-        rows.append({"trial": result.path.rstrip("/").split("/")[-1],
-                     "params": {k: result.config[k] for k in search.space},
-                     "best": float(max(values)) if len(values) else float("nan"), "epochs": epochs,
-                     "stopped_early": result.error is None and epochs < base.optim.epochs,
-                     "error": str(result.error).splitlines()[0] if result.error else ""})
+        rows.append(
+            {
+                "trial": result.path.rstrip("/").split("/")[-1],
+                "params": {k: result.config[k] for k in search.space},
+                "best": float(max(values)) if len(values) else float("nan"),
+                "epochs": epochs,
+                "stopped_early": result.error is None and epochs < base.optim.epochs,
+                "error": str(result.error).splitlines()[0] if result.error else "",
+            }
+        )
     return sorted(rows, key=lambda r: (math.isnan(r["best"]), -r["best"] if not math.isnan(r["best"]) else 0))
 
 
@@ -361,15 +434,26 @@ def write_results(rows: list[dict], search: SearchConfig, base: dict, run_dir: P
     keys = sorted(search.space)
     lines = [["rank", "trial", search.metric, "epochs", "stopped_early", "error", *keys]]
     for i, r in enumerate(rows, 1):
-        lines.append([i, r["trial"], f"{r['best']:.4f}", r["epochs"], r["stopped_early"], r["error"],
-                      *[r["params"][k] for k in keys]])
+        lines.append(
+            [
+                i,
+                r["trial"],
+                f"{r['best']:.4f}",
+                r["epochs"],
+                r["stopped_early"],
+                r["error"],
+                *[r["params"][k] for k in keys],
+            ]
+        )
     atomic_write_text(run_dir / "results.csv", "".join(_csv_line(line) for line in lines))
     best = next((r for r in rows if not math.isnan(r["best"])), None)
     if best is None:
         raise RayttError(f"tune: no trial of {run_dir} reported {search.metric}; see the trials' errors in results.csv")
     cfg = trial_config(base, best["params"], base["storage"], f"{search.name}-best")
-    atomic_write_text(run_dir / "best.yaml", f"# best trial of search {search.name}: {best['trial']} "
-                      f"({search.metric} = {best['best']:.4f})\n" + _yaml(cfg))
+    atomic_write_text(
+        run_dir / "best.yaml",
+        f"# best trial of search {search.name}: {best['trial']} ({search.metric} = {best['best']:.4f})\n" + _yaml(cfg),
+    )
 
 
 def _csv_line(values: list) -> str:
@@ -389,12 +473,21 @@ def _yaml(cfg: TrainConfig) -> str:
 def format_results(rows: list[dict], search: SearchConfig) -> str:
     keys = sorted(search.space)
     head = ["trial", search.metric, "epochs", "early stop", *keys]
-    body = [[r["trial"], f"{r['best']:.4f}", str(r["epochs"]), "yes" if r["stopped_early"] else
-             ("ERROR" if r["error"] else "no"), *[_short(r["params"][k]) for k in keys]] for r in rows]
+    body = [
+        [
+            r["trial"],
+            f"{r['best']:.4f}",
+            str(r["epochs"]),
+            "yes" if r["stopped_early"] else ("ERROR" if r["error"] else "no"),
+            *[_short(r["params"][k]) for k in keys],
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([f"tune results (best first, by {search.metric}):", fmt.format(*head),
-                      *[fmt.format(*row) for row in body]])
+    return "\n".join(
+        [f"tune results (best first, by {search.metric}):", fmt.format(*head), *[fmt.format(*row) for row in body]]
+    )
 
 
 def _short(value) -> str:

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
+from helpers import QUIET, SMALL
 
 from raytt.bank import load_bank, read_manifest
 from raytt.errors import ConfigError
-from raytt.synth import OraclePredictor, SynthConfig, article_lengths, generate, heuristic_report
-from tests.conftest import QUIET, SMALL
+from raytt.evaluation import sampled_report
+from raytt.synthetic import OraclePredictor, SynthConfig, article_lengths, generate
 
 
 def test_deterministic_by_seed(synth_bank, tmp_path):
@@ -50,7 +51,7 @@ def test_oracle_predicts_real_next_chunks(synth_bank):
 
 
 def test_learnable_but_not_trivial(synth_bank):
-    table = heuristic_report(synth_bank, num_queries=500)
+    table = sampled_report(synth_bank, num_queries=500)
     assert table["oracle"]["R@10"] > table["last"]["R@10"] + 0.25
     assert table["oracle"]["R@10"] > 0.7
     assert table["last"]["R@10"] < 0.75
@@ -79,7 +80,7 @@ def test_quotes_plant_cross_article_twins(tmp_path):
 def test_context_oracle_is_the_oracle_when_speed_is_readable_and_falls_short_when_jittered(tmp_path):
     """Without phase jitter the context's phases give the exact speed; with jitter the estimate costs recall."""
     from raytt.sequences import sample_windows
-    from raytt.synth import context_oracle
+    from raytt.synthetic import context_oracle
 
     for jitter in (0.0, 0.3):
         path = tmp_path / f"j{jitter}"

@@ -9,16 +9,17 @@ means the eval targets are not this bank's vectors, and the evaluation stops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from raytt.bank import Bank, load_bank
+from raytt.devices import resolve_device
 from raytt.errors import RayttError
-from raytt.heuristics import EXP_ALPHAS, baselines, gather_context
-from raytt.retrieval import Scan, default_device, mrr_at, ndcg_at, recall_at, scan
+from raytt.heuristics import EXP_ALPHAS, baselines
+from raytt.retrieval import Scan, mrr_at, ndcg_at, recall_at, scan
 from raytt.sequences import ShardSet, bank_of, open_shards
 
 KS = (1, 5, 10, 50, 100, 500, 1000)
@@ -37,9 +38,9 @@ class EvalError(RayttError):
 class Queries:
     """Eval rows of one split: left-padded context keys, their lengths, the target keys."""
 
-    context: np.ndarray   # [Q, k] int64, -1 = padding
-    lengths: np.ndarray   # [Q] int64
-    target: np.ndarray    # [Q] int64
+    context: np.ndarray  # [Q, k] int64, -1 = padding
+    lengths: np.ndarray  # [Q] int64
+    target: np.ndarray  # [Q] int64
 
     def __len__(self) -> int:
         return len(self.target)
@@ -54,15 +55,24 @@ def load_queries(shards: ShardSet, split: str, max_queries: int = 0, seed: int =
         pick = np.sort(np.random.default_rng(seed).choice(table.num_rows, max_queries, replace=False))
         table = table.take(pick)
     ctx = np.stack(table.column("context_keys").to_numpy(zero_copy_only=False)).astype(np.int64)
-    return Queries(ctx, table.column("context_len").to_numpy().astype(np.int64),
-                   table.column("target_key").to_numpy().astype(np.int64))
+    return Queries(
+        ctx,
+        table.column("context_len").to_numpy().astype(np.int64),
+        table.column("target_key").to_numpy().astype(np.int64),
+    )
 
 
 def metrics(ranks: np.ndarray) -> dict[str, float]:
     """Recall@K for every K, MRR@10, NDCG@10, median and mean rank of the truth."""
     out = {f"R@{k}": recall_at(ranks, k) for k in KS}
-    out.update({"MRR@10": mrr_at(ranks, 10), "NDCG@10": ndcg_at(ranks, 10),
-                "median_rank": float(np.median(ranks)), "mean_rank": float(np.mean(ranks))})
+    out.update(
+        {
+            "MRR@10": mrr_at(ranks, 10),
+            "NDCG@10": ndcg_at(ranks, 10),
+            "median_rank": float(np.median(ranks)),
+            "mean_rank": float(np.mean(ranks)),
+        }
+    )
     return out
 
 
@@ -91,26 +101,30 @@ def diagnostics(result: Scan, queries: Queries, article_codes: np.ndarray) -> di
         "cos_top_impostor": _percentiles(result.impostor_score),
         "margin_mean": float(margin.mean()),
         "positive_margin_share": float((margin > 0).mean()),
-        "top_impostor_from": {"context_chunk": float(in_context.mean()), "same_article": float(same_article.mean()),
-                              "other_article": float((~in_context & ~same_article).mean())},
+        "top_impostor_from": {
+            "context_chunk": float(in_context.mean()),
+            "same_article": float(same_article.mean()),
+            "other_article": float((~in_context & ~same_article).mean()),
+        },
     }
 
 
-def in_batch_accuracy(queries: np.ndarray, positives: np.ndarray, target: np.ndarray, batch: int,
-                      seed: int = 0) -> float:
+def in_batch_accuracy(
+    queries: np.ndarray, positives: np.ndarray, target: np.ndarray, batch: int, seed: int = 0
+) -> float:
     """Share of queries whose positive beats every other positive of a random batch: what training sees.
 
     Scored by the training loop's own `losses.in_batch_accuracy`, on equal-sized random batches.
     """
     import torch
 
-    from raytt.losses import Batch
-    from raytt.losses import in_batch_accuracy as batch_accuracy
+    from raytt.losses.objective import Batch
+    from raytt.losses.objective import in_batch_accuracy as batch_accuracy
 
     order = np.random.default_rng(seed).permutation(len(target))
     accuracies = []
     for s in range(0, len(order) - batch + 1, batch):
-        i = order[s:s + batch]
+        i = order[s : s + batch]
         q, p, t = torch.as_tensor(queries[i]), torch.as_tensor(positives[i]), torch.as_tensor(target[i])
         accuracies.append(batch_accuracy(Batch(q, p, t, p, t, 0)))
     return float(np.mean(accuracies)) if accuracies else float("nan")
@@ -125,30 +139,45 @@ def oracle_check(shards: ShardSet, queries: Queries, index_bank: Bank, progress:
     source = bank_of(shards)
     truth_bank = index_bank if source.resolve() == Path(index_bank.path).resolve() else load_bank(source)
     if truth_bank.dim != index_bank.dim or int(queries.target.max()) >= index_bank.num_vectors:
-        raise EvalError(f"eval targets are not this bank's vectors: shards built from {source} "
-                        f"({truth_bank.num_vectors:,} x {truth_bank.dim}) cannot be looked up in {index_bank.path} "
-                        f"({index_bank.num_vectors:,} x {index_bank.dim})")
+        raise EvalError(
+            f"eval targets are not this bank's vectors: shards built from {source} "
+            f"({truth_bank.num_vectors:,} x {truth_bank.dim}) cannot be looked up in {index_bank.path} "
+            f"({index_bank.num_vectors:,} x {index_bank.dim})"
+        )
     truth_vecs = truth_bank.vectors[queries.target]
     result = scan(truth_vecs, queries.target, index_bank.vectors)
     self_cos = result.truth_score
     mismatched = self_cos < SELF_COS_MIN
     duplicates = (result.ranks > 1) & ~mismatched
     hits = (result.ranks == 1) | duplicates
-    report = {"queries": len(queries), "recall@1": float(hits.mean()), "exact_duplicates": int(duplicates.sum()),
-              "mean_cos_truth_to_bank_row": float(self_cos.mean())}
+    report = {
+        "queries": len(queries),
+        "recall@1": float(hits.mean()),
+        "exact_duplicates": int(duplicates.sum()),
+        "mean_cos_truth_to_bank_row": float(self_cos.mean()),
+    }
     if mismatched.any():
         raise EvalError(
             f"eval targets are not this bank's vectors: {mismatched.mean():.1%} of the {len(queries):,} truth "
             f"vectors from {source} differ from the rows at their keys in {index_bank.path} (mean cosine "
             f"{self_cos.mean():.3f}, bar {SELF_COS_MIN}); sha256 {truth_bank.manifest.sha256[:12]} vs "
-            f"{index_bank.manifest.sha256[:12]}. Rebuild the shards from this bank.")
-    progress(f"eval: oracle check passed: truth vectors as queries give Recall@1 = {report['recall@1']:.1%} "
-             f"({report['exact_duplicates']} lost only to exact duplicates)")
+            f"{index_bank.manifest.sha256[:12]}. Rebuild the shards from this bank."
+        )
+    progress(
+        f"eval: oracle check passed: truth vectors as queries give Recall@1 = {report['recall@1']:.1%} "
+        f"({report['exact_duplicates']} lost only to exact duplicates)"
+    )
     return report
 
 
-def rank_methods(methods: dict[str, np.ndarray], queries: Queries, index: np.ndarray, article_codes: np.ndarray,
-                 device: str | None = None, progress: Progress = print) -> dict:
+def rank_methods(
+    methods: dict[str, np.ndarray],
+    queries: Queries,
+    index: np.ndarray,
+    article_codes: np.ndarray,
+    device: str | None = None,
+    progress: Progress = print,
+) -> dict:
     """Both views, histogram and diagnostics for every method's query vectors."""
     out = {"views": {v: {} for v in VIEWS}, "histogram": {}, "diagnostics": {}, "ranks": {}}
     for name, vectors in methods.items():
@@ -158,17 +187,20 @@ def rank_methods(methods: dict[str, np.ndarray], queries: Queries, index: np.nda
         out["histogram"][name] = histogram(result.ranks)
         out["diagnostics"][name] = diagnostics(result, queries, article_codes)
         out["ranks"][name] = result.ranks
-        progress(f"eval: {name:<8} R@10 {out['views']['all'][name]['R@10']:.3f}  "
-                 f"MRR@10 {out['views']['all'][name]['MRR@10']:.3f}  "
-                 f"(context excluded R@10 {out['views']['context_excluded'][name]['R@10']:.3f})")
+        progress(
+            f"eval: {name:<8} R@10 {out['views']['all'][name]['R@10']:.3f}  "
+            f"MRR@10 {out['views']['all'][name]['MRR@10']:.3f}  "
+            f"(context excluded R@10 {out['views']['context_excluded'][name]['R@10']:.3f})"
+        )
     return out
 
 
 def baseline_queries(bank: Bank, queries: Queries, oracle: bool = True) -> dict[str, np.ndarray]:
     """Query vectors of every heuristic baseline and, on a synthetic bank, the oracle predictor."""
-    methods = baselines(gather_context(bank.vectors, queries.context), queries.lengths, EXP_ALPHAS)
+    methods = baselines(bank.vectors, queries.context, queries.lengths, EXP_ALPHAS)
     if oracle and (Path(bank.path) / "synth" / "oracle_latent.npy").is_file():
-        from raytt.synth import OraclePredictor
+        from raytt.synthetic import OraclePredictor
+
         methods["oracle"] = OraclePredictor(bank.path).predict(queries.target)
     return methods
 
@@ -182,23 +214,31 @@ class Model:
     batch_size: int
 
 
-def evaluate(shards_path: str | Path, split: str = "test", model: Model | None = None,
-             bank_path: str | Path | None = None, max_queries: int = 0, device: str | None = None,
-             progress: Progress = print) -> dict:
+def evaluate(
+    shards_path: str | Path,
+    split: str = "test",
+    model: Model | None = None,
+    bank_path: str | Path | None = None,
+    max_queries: int = 0,
+    device: str | None = None,
+    progress: Progress = print,
+) -> dict:
     """The full evaluation of one split: oracle check, model and baselines in both views, diagnostics."""
     from raytt.towers import index_vectors, query_vectors
 
-    device = default_device(device)
+    device = resolve_device(device)
     shards = open_shards(shards_path)
     bank = load_bank(bank_path or bank_of(shards))
     queries = load_queries(shards, split, max_queries)
-    progress(f"eval: {len(queries):,} {split} queries against the full bank of {bank.num_vectors:,} x {bank.dim} "
-             f"on {device}")
+    progress(
+        f"eval: {len(queries):,} {split} queries against the full bank of {bank.num_vectors:,} x {bank.dim} on {device}"
+    )
     check = oracle_check(shards, queries, bank, progress)
     methods = {}
     index = bank.vectors
     if model is not None:
         from raytt.checkpoints import load_model
+
         net, _ = load_model(model.checkpoint, device)
         index = index_vectors(net, bank.vectors, device=device)
         methods["model"] = query_vectors(net, bank.vectors, queries.context, queries.lengths, device=device)
@@ -207,14 +247,25 @@ def evaluate(shards_path: str | Path, split: str = "test", model: Model | None =
     batch = model.batch_size if model else 256
     positives = index[queries.target]
     report = {
-        "split": split, "queries": len(queries), "context_len": int(queries.context.shape[1]),
-        "bank": {"path": str(bank.path), "num_vectors": bank.num_vectors, "dim": bank.dim,
-                 "sha256": bank.manifest.sha256, "embedder_id": bank.manifest.embedder_id},
-        "shards": str(shards.path), "oracle_check": check,
-        "run": str(model.run) if model else None, "checkpoint": str(model.checkpoint) if model else None,
-        "views": ranked["views"], "histogram": ranked["histogram"], "diagnostics": ranked["diagnostics"],
-        "in_batch": {name: {"batch": batch, "in_batch_accuracy": in_batch_accuracy(q, positives, queries.target, batch),
-                            "full_bank_R@1": ranked["views"]["all"][name]["R@1"]} for name, q in methods.items()},
+        "split": split,
+        "queries": len(queries),
+        "context_len": int(queries.context.shape[1]),
+        "bank": _bank_summary(bank),
+        "shards": str(shards.path),
+        "oracle_check": check,
+        "run": str(model.run) if model else None,
+        "checkpoint": str(model.checkpoint) if model else None,
+        "views": ranked["views"],
+        "histogram": ranked["histogram"],
+        "diagnostics": ranked["diagnostics"],
+        "in_batch": {
+            name: {
+                "batch": batch,
+                "in_batch_accuracy": in_batch_accuracy(q, positives, queries.target, batch),
+                "full_bank_R@1": ranked["views"]["all"][name]["R@1"],
+            }
+            for name, q in methods.items()
+        },
     }
     if model is not None and split != "val" and shards.rows("val"):
         report["val_test_gap"] = _val_gap(shards, bank, net, index, report, max_queries, device)
@@ -222,14 +273,53 @@ def evaluate(shards_path: str | Path, split: str = "test", model: Model | None =
     return report
 
 
-def _val_gap(shards: ShardSet, bank: Bank, net, index: np.ndarray, report: dict, max_queries: int,
-             device: str | None) -> dict:
+def _bank_summary(bank: Bank) -> dict:
+    """Which bank a report searched: path, size, content hash, encoder."""
+    m = bank.manifest
+    return {
+        "path": str(bank.path),
+        "num_vectors": bank.num_vectors,
+        "dim": bank.dim,
+        "sha256": m.sha256,
+        "embedder_id": m.embedder_id,
+    }
+
+
+def _val_gap(
+    shards: ShardSet, bank: Bank, net, index: np.ndarray, report: dict, max_queries: int, device: str | None
+) -> dict:
     """Model R@10 on val vs the evaluated split: a large gap means the split (or the checkpoint pick) differs."""
     from raytt.towers import query_vectors
 
     val = load_queries(shards, "val", max_queries)
-    ranks = scan(query_vectors(net, bank.vectors, val.context, val.lengths, device=device), val.target, index,
-                 device=device).ranks
+    ranks = scan(
+        query_vectors(net, bank.vectors, val.context, val.lengths, device=device), val.target, index, device=device
+    ).ranks
     here = report["views"]["all"]["model"]["R@10"]
     return {"val_R@10": recall_at(ranks, 10), f"{report['split']}_R@10": here, "gap": recall_at(ranks, 10) - here}
 
+
+def sampled_report(
+    bank_dir: str | Path, num_queries: int = 2000, context_len: int = 5, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Full-bank metrics of the baselines and the oracle on windows sampled from a synthetic bank (no shards)."""
+    from raytt.retrieval import truth_ranks
+    from raytt.sequences import sample_windows
+    from raytt.synthetic import OraclePredictor
+
+    bank = load_bank(bank_dir)
+    ctx, lengths, target = sample_windows(bank, context_len, num_queries, seed)
+    queries = baselines(bank.vectors, ctx, lengths, alphas=(0.5,))
+    queries["oracle"] = OraclePredictor(bank_dir).predict(target)
+    table = {}
+    for name, q in queries.items():
+        ranks = truth_ranks(q, target, bank.vectors)
+        excl = truth_ranks(q, target, bank.vectors, exclude=ctx)
+        table[name] = {
+            "R@1": recall_at(ranks, 1),
+            "R@10": recall_at(ranks, 10),
+            "R@100": recall_at(ranks, 100),
+            "MRR@10": mrr_at(ranks, 10),
+            "R@10 ctx-excl": recall_at(excl, 10),
+        }
+    return table
