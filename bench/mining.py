@@ -12,8 +12,11 @@
     of it serves fewer queries/s than one training worker consumes.
 (c) Node memory with 1 and 4 miner actors against the bank's bytes: the bank once in the object store
     (shared, zero-copy) plus every miner's private memory (USS), and how much of that is index.
+(d) FAISS index_factory strings for large banks (scalar and product quantisation): each index's private
+    bytes per miner against the bank's, its build time, and the overlap of the negatives it mines with
+    those the exact index mines for the same requests (the baseline, measured in the same run).
 
-    python bench/mining.py [--vectors 100000] [--dim 384] [--workdir DIR]
+    python bench/mining.py [--vectors 100000] [--dim 384] [--workdir DIR] [--parts abcd]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 from raytt import config
 from raytt.bank import load_bank, scan_bank
 from raytt.mining.config import MiningConfig
+from raytt.mining.index import default_nlist
 from raytt.mining.messages import MineRequest, WeightsOffer
 from raytt.mining.pool import Miner, MinerPool, model_state
 from raytt.rundir import RunDir
@@ -150,12 +154,53 @@ def miner_memory(ray, bank_ref, kind: str, actors: int) -> tuple[float, float]:
     return uss, infos[0]["private_bytes"]
 
 
+def factory_strings(n: int, dim: int) -> list[tuple[str, str]]:
+    """(index kind, factory string) pairs for part (d): the plain FAISS kinds, then quantised ones."""
+    nlist = default_nlist(n)
+    return [
+        ("ivf", ""),
+        ("hnsw", ""),
+        ("factory", f"IVF{nlist},SQ8"),
+        ("factory", f"IVF{nlist},PQ{dim // 8}"),
+        ("factory", "HNSW32,SQ8"),
+    ]
+
+
+def negative_overlap(bank_ref, kind: str, factory: str, reqs: list) -> tuple[float, int, float]:
+    """(mean share of the exact index's mined negatives this index also mines, its private bytes, build s)."""
+    base = [f"schedule={SCHEDULE}", "actor_cpus=1"]
+    exact = Miner([bank_ref], config.load(MiningConfig, None, [*base, "index=flat"]), 0)
+    other = Miner([bank_ref], config.load(MiningConfig, None, [*base, f"index={kind}", f"factory={factory}"]), 0)
+    shares = []
+    for r in reqs:
+        want, got = exact.mine(r).keys, other.mine(r).keys
+        for a, b in zip(want, got):
+            truth = set(a[a >= 0].tolist())
+            if truth:
+                shares.append(len(truth & set(b[b >= 0].tolist())) / len(truth))
+    return float(np.mean(shares)), other.index.private_bytes, other.index.build_seconds
+
+
+def part_d(ray, bank, bank_ref, n_requests: int) -> None:
+    print("(d) FAISS index_factory strings: private bytes per miner, build time, mined negatives vs the exact index:")
+    tower = TowerConfig(query="gru", residual=False)
+    weights = WeightsOffer(time.time(), 0, ray.put(model_state(TwoTower(tower, bank.dim))), tower)
+    reqs = requests(bank, n_requests, weights)
+    for kind, factory in factory_strings(bank.num_vectors, bank.dim):
+        overlap, private, build_s = negative_overlap(bank_ref, kind, factory, reqs)
+        print(
+            f"    {factory or kind:<16} private {private / 2**20:7,.0f} MiB ({private / bank.vectors.nbytes:.2f}x "
+            f"bank) | built in {build_s:5.1f}s | mined negatives shared with exact {overlap:.1%}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vectors", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--requests", type=int, default=30)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--parts", default="abcd", help="which parts to run, e.g. d")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="raytt-bench-mining-"))
     bank_dir, shards_dir = work / "bank", work / "shards"
@@ -174,14 +219,28 @@ def main() -> None:
         f"batch {BATCH}, {cores} cores"
     )
 
+    if "a" in args.parts:
+        part_a(ray, bank, bank_ref, args.requests)
+    if "b" in args.parts:
+        part_b(bank_dir, shards_dir, work)
+    if "c" in args.parts:
+        part_c(ray, bank, bank_ref)
+    if "d" in args.parts:
+        part_d(ray, bank, bank_ref, args.requests)
+    ray.shutdown()
+
+
+def part_a(ray, bank, bank_ref, n_requests: int) -> None:
     print("(a) miner actor vs the same miner in process (1 thread each, GRU query encoding + search + filters):")
     for kind in ("flat", "ivf"):
-        local, pooled = pool_vs_in_process(ray, bank, bank_ref, kind, args.requests)
+        local, pooled = pool_vs_in_process(ray, bank, bank_ref, kind, n_requests)
         print(
             f"    {kind:<5} in-process {local:,.0f} q/s | pool {pooled:,.0f} q/s | ratio {pooled / local:.2f} "
             f"(target >= 0.8)"
         )
 
+
+def part_b(bank_dir: Path, shards_dir: Path, work: Path) -> None:
     print("(b) training step time, 1 worker + 1 miner, async mining vs none:")
     idle, _ = step_rate(bank_dir, shards_dir, work / "runs", "none", [])
     with BusyCore():
@@ -202,6 +261,8 @@ def main() -> None:
             f"{mined.get('mining/latency_ms_p50', float('nan')):.0f} ms"
         )
 
+
+def part_c(ray, bank, bank_ref) -> None:
     print("(c) node memory: the shared bank once + each miner's private memory (USS), against the bank's bytes:")
     bank_bytes = bank.vectors.nbytes
     mib = 2**20
@@ -216,7 +277,6 @@ def main() -> None:
             f"{four / 4 / mib:,.0f} MiB private, of which index {index_bytes / mib:,.0f} MiB "
             f"({index_bytes / bank_bytes:.2f}x bank), the rest the Python/torch/Ray process"
         )
-    ray.shutdown()
 
 
 if __name__ == "__main__":

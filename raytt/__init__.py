@@ -1,11 +1,22 @@
 """raytt: distributed training of two-tower retrievers on Ray.
 
 The subcommands of the `raytt` CLI are importable functions: `synth`, `ingest`, `build`,
-`import_vectors`, `inspect`, `train`, `evaluate`, `compare`, `demo` (see `raytt.commands`). They are
+`import_vectors`, `import_bank`, `inspect`, `train`, `evaluate`, `compare`, `demo` (see `raytt.commands`). They are
 loaded on first use, so Ray actors and workers that import a submodule do not import the CLI layer.
 """
 
-__all__ = ["build", "compare", "demo", "evaluate", "import_vectors", "ingest", "inspect", "synth", "train"]
+__all__ = [
+    "build",
+    "compare",
+    "demo",
+    "evaluate",
+    "import_bank",
+    "import_vectors",
+    "ingest",
+    "inspect",
+    "synth",
+    "train",
+]
 __version__ = "0.1.0"
 
 

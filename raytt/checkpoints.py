@@ -16,6 +16,7 @@ import torch
 
 from raytt import config
 from raytt.errors import RayttError
+from raytt.progress import say
 from raytt.rundir import CHECKPOINT_PREFIX as PREFIX
 from raytt.storage import download, list_dirs, read_json, write_json
 from raytt.towers import TowerConfig, TwoTower
@@ -78,7 +79,7 @@ def found(run_dir: Path) -> list[Path]:
 
 
 def first_readable(
-    folders: Iterator[Path], warn: Callable[[str], None] = print, device: str | torch.device = "cpu"
+    folders: Iterator[Path], warn: Callable[[str], None] = say, device: str | torch.device = "cpu"
 ) -> tuple[Path, tuple[dict, dict, dict]] | None:
     """The first checkpoint of `folders` that reads back, with its contents; None when there is none.
 
@@ -148,7 +149,7 @@ def remote_newest_first(remote: str, run_dir: Path) -> Iterator[Path]:
         yield Path(run_dir) / name
 
 
-def latest(run_dir: Path, warn: Callable[[str], None] = print) -> Path | None:
+def latest(run_dir: Path, warn: Callable[[str], None] = say) -> Path | None:
     """The newest checkpoint of a run directory that reads back (see `first_readable`), or None."""
     readable = first_readable(iter(found(run_dir)), warn)
     return readable[0] if readable else None

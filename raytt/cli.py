@@ -1,56 +1,33 @@
 """The `raytt` command: subcommands over `raytt.commands`, config flags generated from the dataclasses.
 
-Every config field is a flag (`--context-len 5`), a YAML file can be given with `--config`, and
-`--set key=value` overrides anything; flags win over `--set`, which wins over the file.
+Every config field is a flag (`--context-len 5`, `--optim.lr 3e-4`, see `raytt.flags`), a YAML file
+can be given with `--config` (a path, or the name of a shipped config), and `--set key=value`
+overrides anything; flags win over `--set`, which wins over the file.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
-import typing
 from pathlib import Path
 
-from raytt import commands, config
+from raytt import commands, config, flags, shipped
 from raytt.corpus.config import IngestConfig
 from raytt.errors import RayttError
+from raytt.flags import add_config_flags
 from raytt.sequences import SPLITS, BuildConfig
+from raytt.sources import ImportConfig
 from raytt.synthetic import SynthConfig
 from raytt.training.config import TrainConfig
 from raytt.tuning import SearchConfig
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One `--field-name` flag per dataclass field, plus `--config FILE` and `--set key=value`."""
-    group = parser.add_argument_group(f"{cls.__name__} (also settable in --config YAML)")
-    group.add_argument("--config", type=Path, help="YAML file with these settings")
-    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]) or typing.get_origin(hints[f.name]) is dict:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        tp = hints[f.name]
-        kind = "comma-separated" if typing.get_origin(tp) is tuple else getattr(tp, "__name__", str(tp))
-        group.add_argument(
-            flag,
-            dest=f"cfg__{f.name}",
-            default=None,
-            metavar=kind.upper(),
-            help=f"{f.metadata.get('help', '')} (default: {f.default})",
-        )
-
-
 def config_from_args(cls: type, args: argparse.Namespace):
-    """Resolve file -> --set -> flags into a checked config object."""
-    overrides = list(args.set)
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f"cfg__{f.name}", None)
-        if value is not None:
-            overrides.append(f"{f.name}={value}")
-    return config.load(cls, args.config, overrides)
+    """The config of `cls` from --config (a path, or a shipped config's name), --set and the flags."""
+    if getattr(args, "config", None) is not None:
+        args.config = shipped.resolve(args.config)
+    return flags.config_from_args(cls, args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -59,11 +36,38 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(sub)
     add_run_commands(sub)
+    add_config_commands(sub)
     return top
 
 
+CONFIG_KINDS = {
+    "train": TrainConfig,
+    "tune": SearchConfig,
+    "build": BuildConfig,
+    "synth": SynthConfig,
+    "ingest": IngestConfig,
+    "import-bank": ImportConfig,
+}
+
+
+def add_config_commands(sub) -> None:
+    """`config show` (a resolved config) and `configs list|copy` (the configs that ship with raytt)."""
+    p = sub.add_parser("config", help="show a resolved config: file, then --set overrides, every field")
+    show = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    s = show.add_parser("show", help="print the config a command would run with, as YAML")
+    s.add_argument("--kind", choices=sorted(CONFIG_KINDS), default="train", help="which command's config")
+    s.add_argument("--config", type=Path, help="YAML file (a path, or a shipped config's name)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    p = sub.add_parser("configs", help="the configs that ship with raytt: list them, copy one to edit")
+    act = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    act.add_parser("list", help="name every shipped config")
+    c = act.add_parser("copy", help="copy a shipped config into a folder")
+    c.add_argument("name", help="a shipped config (demo.yaml, or demo)")
+    c.add_argument("folder", type=Path, help="where to put it")
+
+
 def add_data_commands(sub) -> None:
-    """Subcommands that make or check data: synth, build, import-npz, inspect, ingest."""
+    """Subcommands that make or check data: synth, build, import-npz, import-bank, inspect, ingest."""
     p = sub.add_parser("synth", help="generate the synthetic corpus bank (the built-in default data)")
     p.add_argument("--out", type=Path, required=True, help="bank directory to write")
     p.add_argument("--report", action="store_true", help="print full-bank baselines vs the oracle predictor")
@@ -82,6 +86,12 @@ def add_data_commands(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="shard directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_config_flags(p, BuildConfig)
+
+    p = sub.add_parser("import-bank", help="bring your own bank: vectors + article ids + positions as a bank")
+    p.add_argument("src", help="a .npy (+ sidecar table), a .npz, a Parquet file or directory, or hf:NAME[:split]")
+    p.add_argument("--out", type=Path, required=True, help="bank directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_config_flags(p, ImportConfig)
 
     p = sub.add_parser("inspect", help="summarise and check a bank or a shard directory")
     p.add_argument("path", type=Path)
@@ -127,7 +137,12 @@ def add_run_commands(sub) -> None:
     p = sub.add_parser("demo", help="the main job on the built-in synthetic data")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
     p.add_argument("--num-vectors", type=int, default=50_000, help="size of the synthetic bank")
-    p.add_argument("--train-config", type=Path, default=Path("configs/demo.yaml"), help="training config")
+    p.add_argument(
+        "--train-config",
+        type=Path,
+        default=Path("configs/demo.yaml"),
+        help="training config (a path, or a shipped config's name; default: the shipped demo.yaml)",
+    )
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -136,34 +151,49 @@ def run(argv: list[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run the parsed subcommand."""
-    if args.command == "synth":
-        commands.synth(args.out, config_from_args(SynthConfig, args), report=args.report, overwrite=args.overwrite)
-    elif args.command == "build":
-        commands.build(args.bank, args.out, config_from_args(BuildConfig, args), overwrite=args.overwrite)
-    elif args.command == "import-npz":
-        commands.import_vectors(
-            args.npz, args.bank, args.out, config_from_args(BuildConfig, args), overwrite=args.overwrite
-        )
-    elif args.command == "inspect":
-        commands.inspect(args.path, bank=args.bank, sample=args.sample)
-    elif args.command == "ingest":
-        commands.ingest(args.input, args.out, config_from_args(IngestConfig, args), overwrite=args.overwrite)
-    elif args.command == "train":
-        cfg = config_from_args(TrainConfig, args)
-        commands.train(cfg)
-        if args.eval:
-            commands.evaluate(cfg.remote or cfg.run_dir, split=args.eval)
-    elif args.command == "tune":
-        commands.tune(args.resume or config_from_args(SearchConfig, args))
-    elif args.command == "eval":
-        commands.evaluate(
-            args.run, args.shards, args.bank, args.checkpoint, args.split, args.out, args.max_queries, args.device
-        )
-    elif args.command == "compare":
-        commands.compare(args.runs, args.view)
-    elif args.command == "demo":
-        commands.demo(args.out, num_vectors=args.num_vectors, train_config=args.train_config)
+    HANDLERS[args.command](args)
     return 0
+
+
+def _train(args: argparse.Namespace) -> None:
+    cfg = config_from_args(TrainConfig, args)
+    commands.train(cfg)
+    if args.eval:
+        commands.evaluate(cfg.remote or cfg.run_dir, split=args.eval)
+
+
+def _config(args: argparse.Namespace) -> None:
+    args.config = shipped.resolve(args.config) if args.config else None
+    cfg = config.load(CONFIG_KINDS[args.kind], args.config, args.set)
+    print(config.dumps(cfg), end="")
+
+
+def _configs(args: argparse.Namespace) -> None:
+    if args.action == "list":
+        print("\n".join(f"{name}  ({shipped.path(name)})" for name in shipped.names()))
+    else:
+        print(f"configs: copied {shipped.copy(args.name, args.folder)}")
+
+
+HANDLERS = {
+    "synth": lambda a: commands.synth(a.out, config_from_args(SynthConfig, a), report=a.report, overwrite=a.overwrite),
+    "build": lambda a: commands.build(a.bank, a.out, config_from_args(BuildConfig, a), overwrite=a.overwrite),
+    "import-npz": lambda a: commands.import_vectors(
+        a.npz, a.bank, a.out, config_from_args(BuildConfig, a), overwrite=a.overwrite
+    ),
+    "import-bank": lambda a: commands.import_bank(
+        a.src, a.out, config_from_args(ImportConfig, a), overwrite=a.overwrite
+    ),
+    "inspect": lambda a: commands.inspect(a.path, bank=a.bank, sample=a.sample),
+    "ingest": lambda a: commands.ingest(a.input, a.out, config_from_args(IngestConfig, a), overwrite=a.overwrite),
+    "train": _train,
+    "tune": lambda a: commands.tune(a.resume or config_from_args(SearchConfig, a)),
+    "eval": lambda a: commands.evaluate(a.run, a.shards, a.bank, a.checkpoint, a.split, a.out, a.max_queries, a.device),
+    "compare": lambda a: commands.compare(a.runs, a.view),
+    "demo": lambda a: commands.demo(a.out, num_vectors=a.num_vectors, train_config=shipped.resolve(a.train_config)),
+    "config": _config,
+    "configs": _configs,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

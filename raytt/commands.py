@@ -10,6 +10,7 @@ import numpy as np
 
 from raytt.bank import BankManifest, load_bank, read_manifest, scan_bank
 from raytt.errors import RayttError, ShardError
+from raytt.progress import say
 from raytt.sequences import (
     SPLITS,
     BuildConfig,
@@ -32,7 +33,7 @@ def synth(
     cfg: SynthConfig | None = None,
     report: bool = False,
     overwrite: bool = False,
-    progress: Progress = print,
+    progress: Progress = say,
 ) -> BankManifest:
     """Generate the synthetic bank; with `report`, print baselines vs the oracle on full-bank retrieval."""
     manifest = generate(cfg or SynthConfig(), out, overwrite=overwrite, progress=progress)
@@ -49,7 +50,7 @@ def synth(
     return manifest
 
 
-def ingest(input_dir: str | Path, out: str | Path, cfg=None, overwrite: bool = False, progress: Progress = print):
+def ingest(input_dir: str | Path, out: str | Path, cfg=None, overwrite: bool = False, progress: Progress = say):
     """Documents -> chunks -> vectors as a bank, with Ray Data and encoder actors; see `raytt.corpus.ingest`."""
     from raytt.corpus.config import IngestConfig
     from raytt.corpus.ingest import ingest as run_ingest
@@ -62,7 +63,7 @@ def build(
     out: str | Path,
     cfg: BuildConfig | None = None,
     overwrite: bool = False,
-    progress: Progress = print,
+    progress: Progress = say,
 ) -> ShardSet:
     """Build sequence shards from a bank (the bank is verified while it streams: sha256, norms, keys)."""
     meta = scan_bank(bank, verify=True)
@@ -77,7 +78,7 @@ def import_vectors(
     out: str | Path,
     cfg: BuildConfig | None = None,
     overwrite: bool = False,
-    progress: Progress = print,
+    progress: Progress = say,
 ) -> ShardSet:
     """Import loose `.npz` sequences as shards by aligning each vector to its bank row (or refuse)."""
     shards = import_npz(npz, load_bank(bank), out, cfg or BuildConfig(), overwrite=overwrite, progress=progress)
@@ -186,14 +187,14 @@ def format_table(table: dict[str, dict[str, float]], title: str) -> str:
     return "\n".join(lines)
 
 
-def train(cfg, progress: Progress = print) -> dict:
+def train(cfg, progress: Progress = say) -> dict:
     """Train (or resume) the run `cfg` describes; see `raytt.training.driver`."""
     from raytt.training.driver import train as run_train
 
     return run_train(cfg, progress)
 
 
-def tune(search_or_resume, progress: Progress = print) -> list[dict]:
+def tune(search_or_resume, progress: Progress = say) -> list[dict]:
     """Run a search (a SearchConfig), or resume one from its directory; see `raytt.tuning`."""
     from raytt import tuning as search_module
 
@@ -207,7 +208,7 @@ def demo(
     num_vectors: int = 50_000,
     train_config: str | Path = "configs/demo.yaml",
     overwrite: bool = True,
-    progress: Progress = print,
+    progress: Progress = say,
 ) -> dict:
     """The main job: synthesise a bank, build shards, train with Ray, evaluate on test articles vs baselines."""
     import shutil
@@ -255,7 +256,7 @@ def evaluate(
     out: str | Path | None = None,
     max_queries: int = 0,
     device: str | None = None,
-    progress: Progress = print,
+    progress: Progress = say,
 ) -> dict:
     """Full-bank evaluation of a run's checkpoint (or, with no run, of the baselines alone); writes the report.
 
@@ -302,3 +303,13 @@ def compare(paths: list[str | Path], view: str = "all", progress: Progress = pri
     text = report.compare(paths, view)
     progress(text)
     return text
+
+
+def import_bank(
+    src: str | Path, out: str | Path, cfg=None, overwrite: bool = False, progress: Progress = say
+) -> BankManifest:
+    """Bring your own bank: vectors, article ids and positions from .npy/.npz/Parquet/hf: (see `raytt.sources`)."""
+    from raytt.sources import ImportConfig
+    from raytt.sources import import_bank as run_import
+
+    return run_import(src, out, cfg or ImportConfig(), overwrite=overwrite, progress=progress)

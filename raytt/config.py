@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -20,9 +21,27 @@ from raytt.errors import ConfigError
 C = TypeVar("C")
 
 
-def doc(text: str) -> dict[str, str]:
-    """A config field's help text, as `dataclasses.field(metadata=...)`: flags and `raytt config` show it."""
-    return {"help": text}
+def doc(text: str, hidden: bool = False) -> dict:
+    """A config field's help text, as `dataclasses.field(metadata=...)`; `hidden` keeps a test hook out of --help."""
+    return {"help": text, "hidden": hidden}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML where only true/false are booleans: `yes`, `no`, `on`, `off` stay strings (and fail a bool field)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text: str):
+    """YAML 1.2-style booleans (see `_Loader`); everything else as `yaml.safe_load` reads it."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def load(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
@@ -36,7 +55,7 @@ def load(cls: type[C], path: str | Path | None = None, overrides: list[str] | No
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
         try:
-            loaded = yaml.safe_load(text)
+            loaded = parse_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
         if loaded is not None and not isinstance(loaded, dict):
@@ -59,7 +78,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    node[parts[-1]] = parse_yaml(raw) if raw.strip() else ""
 
 
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "config", section: str = "") -> C:
@@ -98,9 +117,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
+def dumps(cfg: Any) -> str:
+    """The resolved config as YAML that `load` reads back to an equal object."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def dump(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML that `load` reads back to an equal object."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(dumps(cfg))
 
 
 def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:

@@ -19,6 +19,7 @@ from raytt.bank import Bank, load_bank
 from raytt.devices import resolve_device
 from raytt.errors import RayttError
 from raytt.heuristics import EXP_ALPHAS, baselines
+from raytt.progress import say
 from raytt.retrieval import Scan, mrr_at, ndcg_at, recall_at, scan
 from raytt.sequences import ShardSet, bank_of, open_shards
 
@@ -130,7 +131,7 @@ def in_batch_accuracy(
     return float(np.mean(accuracies)) if accuracies else float("nan")
 
 
-def oracle_check(shards: ShardSet, queries: Queries, index_bank: Bank, progress: Progress = print) -> dict:
+def oracle_check(shards: ShardSet, queries: Queries, index_bank: Bank, progress: Progress = say) -> dict:
     """Rank the truth vectors themselves against the searched bank; anything but a hit is an error.
 
     The truth vectors come from the bank the shards were built from; the index is the bank being
@@ -176,10 +177,10 @@ def rank_methods(
     index: np.ndarray,
     article_codes: np.ndarray,
     device: str | None = None,
-    progress: Progress = print,
+    progress: Progress = say,
 ) -> dict:
-    """Both views, histogram and diagnostics for every method's query vectors."""
-    out = {"views": {v: {} for v in VIEWS}, "histogram": {}, "diagnostics": {}, "ranks": {}}
+    """Both views, histogram, diagnostics and per-query ranks (both views) for every method's query vectors."""
+    out = {"views": {v: {} for v in VIEWS}, "histogram": {}, "diagnostics": {}, "ranks": {}, "ranks_excl": {}}
     for name, vectors in methods.items():
         result = scan(vectors, queries.target, index, context=queries.context, device=device)
         out["views"]["all"][name] = metrics(result.ranks)
@@ -187,6 +188,7 @@ def rank_methods(
         out["histogram"][name] = histogram(result.ranks)
         out["diagnostics"][name] = diagnostics(result, queries, article_codes)
         out["ranks"][name] = result.ranks
+        out["ranks_excl"][name] = result.ranks_excl
         progress(
             f"eval: {name:<8} R@10 {out['views']['all'][name]['R@10']:.3f}  "
             f"MRR@10 {out['views']['all'][name]['MRR@10']:.3f}  "
@@ -221,7 +223,7 @@ def evaluate(
     bank_path: str | Path | None = None,
     max_queries: int = 0,
     device: str | None = None,
-    progress: Progress = print,
+    progress: Progress = say,
 ) -> dict:
     """The full evaluation of one split: oracle check, model and baselines in both views, diagnostics."""
     from raytt.towers import index_vectors, query_vectors
@@ -269,7 +271,8 @@ def evaluate(
     }
     if model is not None and split != "val" and shards.rows("val"):
         report["val_test_gap"] = _val_gap(shards, bank, net, index, report, max_queries, device)
-    report["ranks"] = ranked["ranks"]
+    # per-query arrays for ranks.parquet (popped by `report.write`, never in report.json)
+    report.update(ranks=ranked["ranks"], ranks_excl=ranked["ranks_excl"], target_key=queries.target)
     return report
 
 

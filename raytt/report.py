@@ -1,4 +1,5 @@
-"""Evaluation outputs: `report.json`, `report.md`, PNG plots (headless matplotlib), and run comparison."""
+"""Evaluation outputs: `report.json`, `report.md`, `ranks.parquet`, PNG plots (headless matplotlib), and run
+comparison, whose differences come with paired bootstrap intervals over the per-query ranks."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
+from raytt.curves import training_curves
 from raytt.errors import RayttError
 from raytt.evaluation import KS, VIEWS
-from raytt.rundir import read
+from raytt.intervals import LEVEL, RESAMPLES, describe, paired_bootstrap, per_query
 from raytt.storage import atomic_dir, read_json, write_json
 
 TABLE_COLUMNS = ("R@1", "R@10", "R@100", "R@1000", "MRR@10", "NDCG@10", "median_rank")
 LOWER_IS_BETTER = {"median_rank", "mean_rank"}
+RANKS_FILE = "ranks.parquet"
+RANK_SUFFIX = {"all": "", "context_excluded": "@excl"}  # ranks.parquet column of a method, per view
+INTERVAL_METRICS = ("R@10", "MRR@10")
 
 
 def best_per_column(rows: dict[str, dict[str, float]], columns: tuple[str, ...]) -> dict[str, float]:
@@ -175,33 +180,38 @@ def plots(report: dict, ranks: dict[str, np.ndarray], folder: Path, metrics_json
     written.append("rank_histogram.png")
     plt.close(fig)
 
-    if metrics_jsonl and metrics_jsonl.is_file():
-        steps = read(metrics_jsonl, "train")
-        epochs = read(metrics_jsonl, "epoch")
-        if steps:
-            fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-            a.plot([r["step"] for r in steps], [r["train/loss"] for r in steps])
-            a.set(xlabel="step", ylabel="train loss", title="loss")
-            b.plot([r["step"] for r in epochs], [r["val/R@10"] for r in epochs], marker="o", label="val full-bank R@10")
-            b.plot(
-                [r["step"] for r in epochs],
-                [r["val/in_batch_acc"] for r in epochs],
-                marker="s",
-                label="val in-batch accuracy",
-            )
-            b.set(xlabel="step", ylim=(0, 1), title="validation")
-            b.legend()
-            fig.tight_layout()
-            fig.savefig(folder / "training_curves.png", dpi=110)
-            written.append("training_curves.png")
-            plt.close(fig)
+    if metrics_jsonl and training_curves(metrics_jsonl, folder / "training_curves.png"):
+        written.append("training_curves.png")
     return written
 
 
+def rank_column(method: str, view: str) -> str:
+    """The ranks.parquet column of `method` in `view`: `model` (all candidates), `model@excl` (context excluded)."""
+    return method + RANK_SUFFIX[view]
+
+
+def write_ranks(
+    path: Path, ranks: dict[str, np.ndarray], ranks_excl: dict[str, np.ndarray], target_key: np.ndarray | None
+) -> None:
+    """ranks.parquet: one row per query (`query`, `target_key`), one int64 rank column per method and view."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(next(iter(ranks.values())))
+    columns = {"query": np.arange(n, dtype=np.int64)}
+    if target_key is not None:
+        columns["target_key"] = np.asarray(target_key, dtype=np.int64)
+    for view, per_method in (("all", ranks), ("context_excluded", ranks_excl)):
+        columns.update({rank_column(m, view): np.asarray(r, dtype=np.int64) for m, r in per_method.items()})
+    pq.write_table(pa.table(columns), path)
+
+
 def write(report: dict, out: str | Path, metrics_jsonl: Path | None = None) -> Path:
-    """Write report.json, report.md and the plots into `out` (replaced atomically)."""
+    """Write report.json, report.md, ranks.parquet and the plots into `out` (replaced atomically)."""
     ranks = report.pop("ranks")
+    ranks_excl, target_key = report.pop("ranks_excl", {}), report.pop("target_key", None)
     with atomic_dir(out, overwrite=True) as tmp:
+        write_ranks(tmp / RANKS_FILE, ranks, ranks_excl, target_key)
         written = plots(report, ranks, tmp, metrics_jsonl)
         report["training_curves"] = "training_curves.png" in written
         report["plots"] = written
@@ -210,28 +220,107 @@ def write(report: dict, out: str | Path, metrics_jsonl: Path | None = None) -> P
     return Path(out)
 
 
-def load(path: str | Path) -> dict:
-    """A report from its file, its folder, or a run directory (its test evaluation)."""
+def report_file(path: str | Path) -> Path:
+    """The report.json of a report file, its folder, or a run directory (its test evaluation)."""
     path = Path(path)
     for candidate in (path, path / "report.json", path / "eval" / "test" / "report.json"):
         if candidate.is_file():
-            return read_json(candidate, "eval report", RayttError)
+            return candidate
     raise RayttError(f"{path}: no report.json here or under eval/test/ (run `raytt eval` first)")
 
 
-def compare(paths: list[str | Path], view: str = "all") -> str:
-    """One table: every run's model and the baselines (from the first report), best per column marked."""
-    if view not in VIEWS:
-        raise RayttError(f"compare: view must be one of {VIEWS}, got {view!r}")
-    reports = [(Path(p), load(p)) for p in paths]
-    rows, shards = {}, set()
-    for path, rep in reports:
-        shards.add((rep["shards"], rep["split"], rep["queries"]))
+def load(path: str | Path) -> dict:
+    """A report from its file, its folder, or a run directory (its test evaluation)."""
+    return read_json(report_file(path), "eval report", RayttError)
+
+
+Row = tuple[int, str, dict]  # (which report, which method, its metrics in the view)
+
+
+def compare_rows(reports: list[tuple[Path, dict]], view: str) -> dict[str, Row]:
+    """Every report's model (labelled by its run), then the first report's baselines."""
+    rows: dict[str, Row] = {}
+    for i, (path, rep) in enumerate(reports):
         if "model" in rep["views"][view]:
             run = Path(rep["run"]) if rep["run"] else path
             label = run.name if run.name not in rows else f"{run.parent.name}/{run.name}"
-            rows[label] = rep["views"][view]["model"]
+            rows[label] = (i, "model", rep["views"][view]["model"])
     first = reports[0][1]["views"][view]
-    rows.update({name: row for name, row in first.items() if name != "model"})
+    rows.update({name: (0, name, row) for name, row in first.items() if name != "model"})
+    return rows
+
+
+def compare(paths: list[str | Path], view: str = "all") -> str:
+    """One table: every run's model and the baselines (from the first report), best per column marked; then
+    the first row's differences from every other row with paired bootstrap intervals (see `intervals_table`)."""
+    if view not in VIEWS:
+        raise RayttError(f"compare: view must be one of {VIEWS}, got {view!r}")
+    files = [report_file(p) for p in paths]
+    reports = [(Path(p), read_json(f, "eval report", RayttError)) for p, f in zip(paths, files)]
+    rows = compare_rows(reports, view)
+    shards = {(rep["shards"], rep["split"], rep["queries"]) for _, rep in reports}
     note = "" if len(shards) == 1 else "\nwarning: the reports evaluate different shards/splits/query counts"
-    return f"compare ({view.replace('_', ' ')}; * = best per column)\n" + table(rows) + note
+    text = f"compare ({view.replace('_', ' ')}; * = best per column)\n" + table({k: r[2] for k, r in rows.items()})
+    return text + note + "\n\n" + intervals_table([f.parent for f in files], rows, view)
+
+
+def read_ranks(path: Path) -> dict[str, np.ndarray]:
+    """ranks.parquet as columns."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    return {name: t.column(name).to_numpy() for name in t.column_names}
+
+
+def matched_ranks(folders: list[Path], rows: dict[str, Row], view: str) -> tuple[list[dict] | None, str]:
+    """Every report's ranks.parquet, or why they cannot be paired (missing, other queries, a method absent)."""
+    import pyarrow as pa
+
+    tables = []
+    for folder in folders:
+        if not (folder / RANKS_FILE).is_file():
+            return None, f"{folder} has no {RANKS_FILE} (written by `raytt eval` since per-query ranks are kept)"
+        try:
+            tables.append(read_ranks(folder / RANKS_FILE))
+        except (OSError, pa.ArrowException) as e:
+            return None, f"{folder / RANKS_FILE} is unreadable ({e})"
+    first = tables[0]
+    for folder, t in zip(folders[1:], tables[1:]):
+        if len(t["query"]) != len(first["query"]):
+            return None, f"{folders[0]} ranks {len(first['query']):,} queries and {folder} {len(t['query']):,}"
+        if "target_key" not in first or "target_key" not in t:
+            return None, f"{folders[0]} or {folder} has no target_key column, so their queries cannot be matched"
+        if not np.array_equal(first["target_key"], t["target_key"]):
+            return None, f"{folders[0]} and {folder} rank different queries (their target keys differ)"
+    for i, method, _ in rows.values():
+        if rank_column(method, view) not in tables[i]:
+            return None, f"{folders[i] / RANKS_FILE} has no column {rank_column(method, view)!r}"
+    return tables, ""
+
+
+def intervals_table(folders: list[Path], rows: dict[str, Row], view: str, resamples: int = RESAMPLES) -> str:
+    """The first row minus every other row in R@10 and MRR@10, each with its paired bootstrap interval.
+
+    Only when every report kept per-query ranks of the same queries; otherwise one line saying why not.
+    """
+    tables, why = matched_ranks(folders, rows, view)
+    if tables is None:
+        return f"intervals not shown: {why}"
+    (ref_label, (ref_i, ref_method, _)), *others = rows.items()
+    ref = tables[ref_i][rank_column(ref_method, view)]
+    if not others:
+        return f"intervals not shown: nothing to compare {ref_label} with"
+    head = (
+        f"{ref_label} minus each row ({view.replace('_', ' ')}; {LEVEL:.0%} paired bootstrap over {len(ref):,} "
+        f"queries, {resamples} resamples; * = interval excludes 0)"
+    )
+    name_width = max(10, *(len(label) + 1 for label, _ in others))
+    width = 27
+    lines = [head, "vs".ljust(name_width) + "".join(m.rjust(width) for m in INTERVAL_METRICS)]
+    for label, (i, method, _) in others:
+        other = tables[i][rank_column(method, view)]
+        cells = [
+            describe(*paired_bootstrap(per_query(ref, m), per_query(other, m), resamples)) for m in INTERVAL_METRICS
+        ]
+        lines.append(label.ljust(name_width) + "".join(c.rjust(width) for c in cells))
+    return "\n".join(lines)

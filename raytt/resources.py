@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from raytt.errors import RayttError
+from raytt.progress import say
 
 POLL_S = 2.0
 SAY_EVERY_S = 30.0
@@ -132,7 +133,7 @@ def free() -> dict:
 
 
 def wait_until_free(
-    request: Request, timeout_s: float, progress: Callable[[str], None] = print, free_now: Callable[[], dict] = free
+    request: Request, timeout_s: float, progress: Callable[[str], None] = say, free_now: Callable[[], dict] = free
 ) -> None:
     """Wait (at most `timeout_s`) until the cluster has the request's CPUs and GPUs free, saying what is pending."""
     started = time.monotonic()

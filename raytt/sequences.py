@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from raytt.bank import Bank, BankManifest, BankMeta
 from raytt.config import doc
 from raytt.errors import ConfigError, GateError, RayttError, ShardError
+from raytt.progress import say
 from raytt.storage import atomic_dir, read_json, write_json
 
 FORMAT = "raytt.shards/1"
@@ -255,7 +256,7 @@ def _manifest(
 
 
 def build_shards(
-    meta: BankMeta, out: str | Path, cfg: BuildConfig, overwrite: bool = False, progress: Callable[[str], None] = print
+    meta: BankMeta, out: str | Path, cfg: BuildConfig, overwrite: bool = False, progress: Callable[[str], None] = say
 ) -> ShardSet:
     """Cut (context -> next chunk) rows from a bank into split shards, after every gate has passed."""
     where = f"build {out}"
@@ -397,7 +398,7 @@ def import_npz(
     out: str | Path,
     cfg: BuildConfig,
     overwrite: bool = False,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] = say,
 ) -> ShardSet:
     """Turn loose (context_sequences, target_vectors) into shards by aligning every vector to the bank.
 

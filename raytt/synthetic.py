@@ -23,6 +23,7 @@ import numpy as np
 from raytt.bank import BankManifest, BankWriter
 from raytt.config import doc
 from raytt.errors import ConfigError, RayttError
+from raytt.progress import say
 from raytt.storage import atomic_dir, write_json
 
 GENERATOR = "raytt-synth/1"
@@ -190,7 +191,7 @@ def _plant_quotes(vectors: np.ndarray, art: np.ndarray, cfg: SynthConfig, rng: n
     vectors[quote] = vectors[source] / np.linalg.norm(vectors[source], axis=1, keepdims=True) + noise
 
 
-def generate(cfg: SynthConfig, out: str | Path, overwrite: bool = False, progress=print) -> BankManifest:
+def generate(cfg: SynthConfig, out: str | Path, overwrite: bool = False, progress=say) -> BankManifest:
     """Write the synthetic bank (plus its oracle state under `synth/`) to `out`, atomically."""
     world = hidden_world(cfg)
     n_art = len(world.lengths)

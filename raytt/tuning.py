@@ -23,10 +23,11 @@ from typing import Literal
 
 from ray.tune import Callback
 
-from raytt import config
+from raytt import config, shipped
 from raytt.bank import share_bank
 from raytt.config import doc
 from raytt.errors import ConfigError, RayttError
+from raytt.progress import say
 from raytt.rundir import RunDir
 from raytt.session import actor_placement_groups, release_orphaned_placement_groups
 from raytt.storage import Located, check_uri, download, is_uri, locate
@@ -166,7 +167,8 @@ def set_dotted(data: dict, key: str, value) -> None:
 
 def base_config(search: SearchConfig) -> dict:
     """The base training config as a plain mapping (relative paths resolved on the driver)."""
-    return config.to_dict(absolute_paths(config.load(TrainConfig, search.train, list(search.overrides))))
+    train = shipped.resolve(search.train)
+    return config.to_dict(absolute_paths(config.load(TrainConfig, train, list(search.overrides))))
 
 
 def trial_config(base: dict, params: dict, storage: str | Path, name: str) -> TrainConfig:
@@ -248,17 +250,17 @@ def run_trial(params: dict, shared: TrialInputs) -> None:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} params={json.dumps(params, sort_keys=True)}\n")
     run.push()
     trainer = make_trainer(
-        cfg, shared.inputs, shared.bank, shared.pool, find_resume(cfg), callbacks=[TuneReportCallback()], tune=True
+        cfg, shared.inputs, shared.bank, shared.pool, find_resume(cfg), callbacks=[TuneReportCallback()], label=name
     )
     result = trainer.fit()
     if result.error:
         raise result.error
 
 
-def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dict]:
+def tune(search: SearchConfig, resume: bool = False, progress=say) -> list[dict]:
     """Run (or resume) a search; returns the results table, best first."""
     if not resume:
-        search = dataclasses.replace(search, train=str(Path(search.train).resolve()))
+        search = dataclasses.replace(search, train=str(shipped.resolve(search.train).resolve()))
     run = RunDir(search.run_dir if search.remote else search.run_dir.resolve(), search.remote)
     shared, base_cfg = start_search(search, run, resume, progress)
     started = time.perf_counter()
@@ -279,7 +281,7 @@ def tune(search: SearchConfig, resume: bool = False, progress=print) -> list[dic
     return rows
 
 
-def start_search(search: SearchConfig, run: RunDir, resume: bool, progress=print) -> tuple[TrialInputs, TrainConfig]:
+def start_search(search: SearchConfig, run: RunDir, resume: bool, progress=say) -> tuple[TrialInputs, TrainConfig]:
     """Check the space and the data, join Ray, read the data and put the bank once, start the shared miners."""
     trials = f"{run.remote}/trials" if run.remote else str(run.path / "trials")
     if run.remote:
@@ -314,7 +316,7 @@ def start_search(search: SearchConfig, run: RunDir, resume: bool, progress=print
 
 
 def make_tuner(
-    search: SearchConfig, run: RunDir, shared: TrialInputs, base_cfg: TrainConfig, resume: bool, progress=print
+    search: SearchConfig, run: RunDir, shared: TrialInputs, base_cfg: TrainConfig, resume: bool, progress=say
 ):
     """The `Tuner` over `run_trial` (restored from its saved state when resuming), as many trials at once as fit."""
     import ray

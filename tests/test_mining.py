@@ -44,6 +44,30 @@ def test_index_finds_the_brute_force_neighbours(kind, exact):
     assert np.all(np.diff(scores, axis=1) <= 1e-6), "best first"
 
 
+@pytest.mark.parametrize("factory, overlap_min", [("IVF16,SQ8", 0.9), ("IVF16,PQ8", 0.5), ("HNSW16,SQ8", 0.8)])
+def test_factory_indexes_quantise_and_still_find_neighbours(factory, overlap_min):
+    """index_factory strings: scalar/product quantisation holds far fewer private bytes than the vectors."""
+    rng = np.random.default_rng(0)
+    vectors, queries = unit_rows(rng, 3000, 32), unit_rows(rng, 40, 32)
+    index = Index(vectors, IndexSpec("factory", "cpu", nprobe=16, ef_search=128, factory=factory))
+    _, keys = index.search(queries, 20)
+    _, want = _brute(queries, vectors, 20)
+    overlap = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(keys, want)])
+    assert overlap >= overlap_min, f"{factory}: overlap with the exact neighbours {overlap:.2f}"
+    assert index.private_bytes < (0.7 if "HNSW" not in factory else 1.5) * vectors.nbytes
+    assert factory in index.engine
+
+
+def test_a_factory_string_faiss_cannot_build_is_refused_with_the_dimension():
+    from raytt.mining.index import check_factory
+
+    check_factory("IVF64,PQ8", 64)
+    with pytest.raises(ConfigError, match=r"mining.factory 'IVF64,PQ7': FAISS cannot build it for dim 64"):
+        check_factory("IVF64,PQ7", 64)
+    with pytest.raises(ConfigError, match=r"mining.factory 'Bogus9': FAISS cannot build it"):
+        check_factory("Bogus9", 64)
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_index_device_auto_falls_back_to_cpu(kind):
     """The CPU fallback of the miners' GPU branch: `device: auto` without CUDA builds a CPU index; `cuda` is refused."""
@@ -405,6 +429,8 @@ def test_client_bounds_requests_in_flight_and_falls_back(ray_local):
         ("fault=explode@3", "expected kill@STEP or raise@FIRST-LAST"),
         ("fault=kill@soon", "expected kill@STEP or raise@FIRST-LAST"),
         ("index=annoy", "mining.index must be one of"),
+        ("index=factory", "give both or neither"),
+        ("factory=IVF64,SQ8", "give both or neither"),
     ],
 )
 def test_mining_config_refuses_bad_values(override, problem):

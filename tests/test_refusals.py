@@ -183,6 +183,21 @@ CASES: list[Case] = [
     ("config-out-of-range", lambda ws: ws.train("optim.ema=1.0"), "0 <= ema < 1"),
     ("schedule-gap", lambda ws: ws.train("mining.schedule=0-1:none;3-5:8@0.5-0.9"), "gap, epochs 2-2 are not covered"),
     (
+        "mining-factory-unbuildable",
+        lambda ws: ws.train("mining.index=factory", "mining.factory=IVF8,PQ7"),
+        "mining.factory 'IVF8,PQ7': FAISS cannot build it for dim 64",
+    ),
+    (
+        "train-no-data",
+        lambda ws: ["train", "--set", f"storage={ws.root / 'runs'}"],
+        "data.bank and data.shards not set",
+    ),
+    (
+        "train-tracker-unknown",
+        lambda ws: ws.train("tracking=wandb"),
+        "tracking: unknown tracker(s) ['wandb']",
+    ),
+    (
         "build-too-little-data",
         lambda ws: ["build", "--bank", str(ws.bank), "--out", "s", "--min-train-pairs", "1000000"],
         "too little data",

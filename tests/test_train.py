@@ -1,6 +1,7 @@
 """Training: a tiny run converges, re-running resumes, two workers gather candidates and survive a failure."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -48,6 +49,67 @@ def test_tiny_run_converges_and_evaluates(ray_local, synth_bank, synth_shards, t
     assert val["model"]["R@10"] > val["last"]["R@10"]
     assert val["model"]["R@10"] == pytest.approx(summary["best"]["value"])  # validation == evaluation
     assert (cfg.run_dir / "eval" / "val" / "training_curves.png").is_file()
+
+
+def test_a_run_can_be_watched(ray_local, synth_bank, synth_shards, tmp_path):
+    """train.log with timestamped step lines and ETA, TensorBoard and MLflow, curves, elapsed_s on every row."""
+    cfg = _cfg(
+        synth_bank,
+        synth_shards,
+        tmp_path,
+        name="watched",
+        workers=0,
+        tracking="tensorboard,mlflow",
+        **{"optim.epochs": 2},
+    )
+    train(cfg, progress=QUIET)
+    log = (cfg.run_dir / "train.log").read_text().splitlines()
+    steps = [line for line in log if " step " in line and "samples/s" in line]
+    assert steps and all(
+        re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  step \d+/\d+ \(epoch \d/2, batch", s) for s in steps
+    )
+    assert all(" lr " in s and "ETA" in s for s in steps)
+    assert any("validation took" in line for line in log) and any("train: done" in line for line in log)
+    rows = RunDir(cfg.run_dir).all_rows()
+    assert all("time" in r and "elapsed_s" in r for r in rows if r["kind"] != "start")
+    assert all(r["val_seconds"] > 0 for r in rows if r["kind"] == "epoch")
+    assert (cfg.run_dir / "training_curves.png").stat().st_size > 0
+    events = list((cfg.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, "TensorBoard event files in the run directory"
+    assert {"train/loss", "val/R_at_10", "lr"} <= _scalar_tags(events[0])
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{(cfg.run_dir / 'mlflow.db').resolve()}")
+    (run,) = client.search_runs([client.get_experiment_by_name("watched").experiment_id])
+    assert run.data.params["loss.tau"] == "0.1" and run.data.params["tower.query"] == cfg.tower.query
+    assert {"train/loss", "val/R_at_10", "lr"} <= set(run.data.metrics)
+
+
+def _scalar_tags(path) -> set[str]:
+    """The scalar tags of a TensorBoard event file (TFRecord framing: length, crc, event proto, crc)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    tags, data = set(), path.read_bytes()
+    at = 0
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at : at + 8])
+        event = Event.FromString(data[at + 12 : at + 12 + length])
+        tags |= {v.tag for v in event.summary.value if v.HasField("simple_value")}
+        at += 12 + length + 4
+    return tags
+
+
+def test_mlflow_tracking_is_refused_without_its_package(monkeypatch, synth_bank, synth_shards, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    cfg = _cfg(synth_bank, synth_shards, tmp_path, name="nomlflow", workers=0, tracking="tensorboard,mlflow")
+    with pytest.raises(ConfigError, match=r"raytt\[mlflow\]"):
+        train(cfg, progress=QUIET)
+    assert not cfg.run_dir.exists()
 
 
 def test_rerunning_a_name_resumes_where_it_stopped(ray_local, synth_bank, synth_shards, tmp_path):

@@ -28,6 +28,7 @@ from raytt.corpus.embed import Encoder, load, resolve
 from raytt.corpus.extract import SUFFIXES, paragraphs
 from raytt.devices import resolve_device
 from raytt.errors import RayttError
+from raytt.progress import say
 from raytt.storage import atomic_write_text
 
 Progress = Callable[[str], None]
@@ -73,7 +74,7 @@ def ingest(
     out: str | Path,
     cfg: IngestConfig | None = None,
     overwrite: bool = False,
-    progress: Progress = print,
+    progress: Progress = say,
 ) -> BankManifest:
     """Documents under `input_dir` -> the bank at `out`; returns its manifest."""
     cfg = cfg or IngestConfig()

@@ -36,10 +36,14 @@ class MiningConfig:
     actor_gpus: float = field(
         default=0.0, metadata=doc("GPUs per miner actor (a GPU index when > 0 and CUDA is there)")
     )
-    index: Literal["flat", "ivf", "hnsw"] = field(
+    index: Literal["flat", "ivf", "hnsw", "factory"] = field(
         default="flat",
-        metadata=doc("flat (exact, searches the shared bank in place), ivf or hnsw (FAISS, a private copy each)"),
+        metadata=doc(
+            "flat (exact, searches the shared bank in place), ivf or hnsw (FAISS, a private copy each), or factory "
+            "(the faiss.index_factory string in mining.factory, e.g. IVF1024,SQ8 or IVF1024,PQ32 for large banks)"
+        ),
     )
+    factory: str = field(default="", metadata=doc("index: factory: a faiss.index_factory string, e.g. IVF1024,SQ8"))
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=doc("where miners search"))
     nlist: int = field(default=0, metadata=doc("ivf: clusters (0 = 4*sqrt(bank))"))
     nprobe: int = field(default=16, metadata=doc("ivf: clusters searched per query"))
@@ -77,7 +81,8 @@ class MiningConfig:
     fault: str = field(
         default="",
         metadata=doc(
-            "testing: 'kill@STEP' (worker 0 kills miner 0) or 'raise@FIRST-LAST' (miners raise for those steps)"
+            "testing: 'kill@STEP' (worker 0 kills miner 0) or 'raise@FIRST-LAST' (miners raise for those steps)",
+            hidden=True,
         ),
     )
 
@@ -101,11 +106,24 @@ class MiningConfig:
             )
         if self.max_in_flight < 1 or self.sync_every < 1 or self.refresh_every < 1 or self.nprobe < 1:
             raise ValueError("mining.max_in_flight, sync_every, refresh_every and nprobe must be >= 1")
+        if (self.index == "factory") != bool(self.factory):
+            raise ValueError(
+                "mining.factory is the faiss.index_factory string of mining.index: factory; give both or "
+                f"neither (index {self.index!r}, factory {self.factory!r})"
+            )
         self.fault_kind, self.fault_steps = _parse_fault(self.fault)
 
     def index_spec(self) -> IndexSpec:
+        """What each miner builds: the index kind and its FAISS parameters, one thread per miner CPU."""
         return IndexSpec(
-            self.index, self.device, self.nlist, self.nprobe, self.hnsw_m, self.ef_search, max(1, int(self.actor_cpus))
+            self.index,
+            self.device,
+            self.nlist,
+            self.nprobe,
+            self.hnsw_m,
+            self.ef_search,
+            max(1, int(self.actor_cpus)),
+            self.factory,
         )
 
     def spec(self, stage: Stage) -> MineSpec:

@@ -4,9 +4,12 @@
         bank's bytes are held once per node however many miners run (faiss.knn over the same array
         measured 3.5x slower on this CPU's OpenBLAS build). On CUDA: faiss-gpu's GpuIndexFlatIP when
         faiss-gpu is installed, else torch on the GPU.
-  ivf   FAISS IndexIVFFlat (nlist clusters, nprobe searched): a private copy of the vectors.
-  hnsw  FAISS IndexHNSWFlat (M links, efSearch): a private copy plus the graph (~8*M bytes/vector).
-`device: auto` picks CUDA when torch sees a GPU; every miner logs what it built.
+  ivf   FAISS `IVF{nlist},Flat` (nlist clusters, nprobe searched): a private copy of the vectors.
+  hnsw  FAISS `HNSW{M},Flat` (M links, efSearch): a private copy plus the graph (~8*M bytes/vector).
+  factory  any `faiss.index_factory` string (`mining.factory`), e.g. `IVF1024,SQ8` or `IVF1024,PQ32` for
+        banks whose private copy would not fit: scalar/product quantisation shrinks it 4-16x.
+Every FAISS kind is built through `faiss.index_factory`; nprobe and efSearch apply wherever the index
+has them. `device: auto` picks CUDA when torch sees a GPU; every miner logs what it built.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import torch
 from raytt.devices import resolve_device
 from raytt.tensors import as_tensor
 
+TRAIN_SAMPLE = 65_536  # vectors an IVF/PQ/SQ index trains on
+
 
 @dataclass(frozen=True)
 class IndexSpec:
@@ -31,6 +36,15 @@ class IndexSpec:
     hnsw_m: int = 32
     ef_search: int = 128
     threads: int = 1
+    factory: str = ""
+
+    def description(self, n: int) -> str:
+        """The `faiss.index_factory` string this spec builds over `n` vectors (not for `flat`)."""
+        if self.kind == "ivf":
+            return f"IVF{self.nlist or default_nlist(n)},Flat"
+        if self.kind == "hnsw":
+            return f"HNSW{self.hnsw_m},Flat"
+        return self.factory
 
 
 class Index:
@@ -63,24 +77,23 @@ class Index:
 
         faiss.omp_set_num_threads(self.spec.threads)
         n, d = self.vectors.shape
-        if self.spec.kind == "ivf":
-            nlist = self.spec.nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)
+        description = self.spec.description(n)
+        index = faiss.index_factory(d, description, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            sample = np.random.default_rng(0).choice(n, size=min(n, TRAIN_SAMPLE), replace=False)
             index.train(np.ascontiguousarray(self.vectors[np.sort(sample)]))
-            index.add(self.vectors)
-            index.nprobe = min(self.spec.nprobe, nlist)
-            self.engine = f"faiss IVFFlat nlist={nlist} nprobe={index.nprobe}"
-            if self.device == "cuda" and _faiss_gpu():
-                index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-                self.engine = "faiss-gpu " + self.engine[6:]
-            elif self.device == "cuda":
-                self.device, self.engine = "cpu", self.engine + " (CPU: faiss-gpu is not installed)"
-        else:
-            index = faiss.IndexHNSWFlat(d, self.spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = max(40, 2 * self.spec.hnsw_m)
-            index.add(self.vectors)
-            self.device, self.engine = "cpu", f"faiss HNSWFlat M={self.spec.hnsw_m} (CPU: FAISS has no GPU HNSW)"
+        _set(index, "efConstruction", max(40, 2 * self.spec.hnsw_m))
+        index.add(np.ascontiguousarray(self.vectors, dtype=np.float32))
+        self.private = len(faiss.serialize_index(index))
+        self.engine = f"faiss {description}"
+        if _set(index, "nprobe", self.spec.nprobe):
+            self.engine += f" nprobe={self.spec.nprobe}"
+        if self.device == "cuda" and _faiss_gpu() and "HNSW" not in description:
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+            self.engine = "faiss-gpu " + self.engine[6:]
+        elif self.device == "cuda":
+            why = "FAISS has no GPU HNSW" if "HNSW" in description else "faiss-gpu is not installed"
+            self.device, self.engine = "cpu", f"{self.engine} (CPU: {why})"
         self.faiss_index = index
 
     @property
@@ -88,17 +101,13 @@ class Index:
         """Bytes this index holds beyond the shared bank (0 for the CPU flat index: it searches the bank in place)."""
         if self.faiss_index is None:
             return 0 if self.device == "cpu" else self.vectors.nbytes
-        if self.spec.kind == "hnsw":
-            links = self.faiss_index.hnsw.neighbors.size()
-            return self.vectors.nbytes + 4 * links
-        return self.vectors.nbytes
+        return self.private
 
     def search(self, queries: np.ndarray, k: int, block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, keys) by inner product, best first; keys -1 where fewer than k exist."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.faiss_index is not None:
-            if self.spec.kind == "hnsw":
-                self.faiss_index.hnsw.efSearch = max(self.spec.ef_search, k)
+            _set(self.faiss_index, "efSearch", max(self.spec.ef_search, k))
             scores, keys = self.faiss_index.search(queries, k)
             return scores, keys.astype(np.int64)
         return _exact(as_tensor(queries).to(self.device), self.table, k, block)
@@ -134,6 +143,35 @@ def _flat_cpu(vectors: np.ndarray):
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index
+
+
+def default_nlist(n: int) -> int:
+    """IVF clusters for n vectors: 4*sqrt(n), at least 39 training points each."""
+    return max(1, min(n // 39, int(4 * math.sqrt(n))))
+
+
+def check_factory(description: str, dim: int) -> None:
+    """Refuse a `mining.factory` string FAISS cannot build for this dimension, before any miner starts."""
+    import faiss
+
+    from raytt.errors import ConfigError
+
+    try:
+        faiss.index_factory(dim, description, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"mining.factory {description!r}: FAISS cannot build it for dim {dim}: {first}") from None
+
+
+def _set(index, name: str, value: int) -> bool:
+    """Set a FAISS search/build parameter where the index has it (nprobe, efSearch, efConstruction)."""
+    import faiss
+
+    try:
+        faiss.ParameterSpace().set_index_parameter(index, name, value)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _faiss_gpu() -> bool:

@@ -23,6 +23,7 @@ from raytt.mining.config import MiningConfig
 from raytt.mining.index import Index
 from raytt.mining.messages import IndexOffer, MineAnswer, MineRequest, WeightsOffer
 from raytt.mining.select import BankLayout, select
+from raytt.progress import say
 from raytt.towers import TowerConfig, TwoTower, index_vectors, query_vectors
 
 
@@ -140,7 +141,7 @@ class Miner:
 class MinerPool:
     """N miner actors over one shared bank, created by the top-level driver and handed to every worker."""
 
-    def __init__(self, bank_ref, cfg: MiningConfig, progress=print) -> None:
+    def __init__(self, bank_ref, cfg: MiningConfig, progress=say) -> None:
         import ray
 
         self.cfg, self.bank_ref = cfg, bank_ref

@@ -15,12 +15,13 @@ from raytt.storage import Located
 from raytt.towers import TowerConfig
 
 PRECISIONS = ("fp32", "bf16")
+TRACKERS = ("tensorboard", "mlflow")
 
 
 @dataclass
 class DataConfig:
-    bank: str = field(default="runs/demo/bank", metadata=doc("bank directory"))
-    shards: str = field(default="runs/demo/shards", metadata=doc("sequence shard directory built from the bank"))
+    bank: str = field(default="", metadata=doc("bank directory (required)"))
+    shards: str = field(default="", metadata=doc("sequence shard directory built from the bank (required)"))
     batch_size: int = field(default=256, metadata=doc("rows per worker per step"))
     shuffle_buffer: int = field(default=20_000, metadata=doc("rows in each worker's local shuffle buffer"))
     prefetch_batches: int = field(default=2, metadata=doc("batches Ray Data prepares ahead of the step"))
@@ -75,7 +76,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig(Located):
-    name: str = field(default="demo", metadata=doc("run name: the same name resumes the run"))
+    name: str = field(default="run", metadata=doc("run name: the same name resumes the run"))
     storage: str = field(
         default="runs",
         metadata=doc(
@@ -106,7 +107,13 @@ class TrainConfig(Located):
     log_every: int = field(default=50, metadata=doc("steps between progress lines"))
     val_queries: int = field(default=5000, metadata=doc("val rows ranked against the full bank each epoch (0 = all)"))
     best_metric: str = field(default="val/R@10", metadata=doc("metric that picks the best checkpoint (higher wins)"))
-    fail_at_step: int = field(default=-1, metadata=doc("testing: raise in worker 0 once at this step"))
+    tracking: tuple[str, ...] = field(
+        default=("tensorboard",),
+        metadata=doc("where metrics go besides metrics.jsonl: tensorboard (RUN/tensorboard), mlflow; () = none"),
+    )
+    mlflow_uri: str = field(default="", metadata=doc("MLflow tracking URI (default: sqlite:///RUN/mlflow.db)"))
+    mlflow_experiment: str = field(default="", metadata=doc("MLflow experiment name (default: the run name)"))
+    fail_at_step: int = field(default=-1, metadata=doc("testing: raise in worker 0 once at this step", hidden=True))
     data: DataConfig = field(default_factory=DataConfig)
     tower: TowerConfig = field(default_factory=TowerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -122,6 +129,9 @@ class TrainConfig(Located):
             raise ValueError("checkpoint_every, keep_checkpoints, log_every must be >= 1; max_failures >= 0")
         if self.resource_timeout_s <= 0:
             raise ValueError(f"resource_timeout_s must be > 0, got {self.resource_timeout_s}")
+        unknown = [t for t in self.tracking if t not in TRACKERS]
+        if unknown:
+            raise ValueError(f"tracking: unknown tracker(s) {unknown}; choose from {list(TRACKERS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.remote and self.workers == 0:

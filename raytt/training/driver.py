@@ -23,7 +23,9 @@ from raytt import checkpoints, config
 from raytt.bank import Bank, load_bank, share_bank
 from raytt.errors import ConfigError, Interrupted, RayttError
 from raytt.evaluation import load_queries
+from raytt.mining.index import check_factory
 from raytt.mining.pool import MinerPool
+from raytt.progress import Console, say
 from raytt.resources import (
     Ask,
     Request,
@@ -38,6 +40,7 @@ from raytt.sequences import check_provenance, open_shards
 from raytt.session import start_ray
 from raytt.storage import check_uri, write_json
 from raytt.towers import TwoTower, describe
+from raytt.tracking import check_tracking
 from raytt.training.config import TrainConfig
 from raytt.training.data import train_dataset
 from raytt.training.validation import ValSet
@@ -77,7 +80,16 @@ def check_same_run(cfg: TrainConfig) -> None:
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """Resolve relative paths against the driver's working directory: workers run elsewhere."""
+    """Resolve relative paths against the driver's working directory: workers run elsewhere.
+
+    A run names its data: with `data.bank` or `data.shards` unset it is refused (never a default folder).
+    """
+    missing = [f"data.{k}" for k in ("bank", "shards") if not getattr(cfg.data, k)]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(missing)} not set: give --config with a data section (e.g. "
+            f"configs/demo.yaml) or --data.bank BANK --data.shards SHARDS"
+        )
     data = dataclasses.replace(
         cfg.data, bank=str(Path(cfg.data.bank).resolve()), shards=str(Path(cfg.data.shards).resolve())
     )
@@ -85,7 +97,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, storage=storage, data=data)
 
 
-def prepare(cfg: TrainConfig, progress: Progress = print, check_run: bool = True) -> Prepared:
+def prepare(cfg: TrainConfig, progress: Progress = say, check_run: bool = True) -> Prepared:
     """Driver-side checks and inputs, before Ray starts any worker."""
     shards = open_shards(cfg.data.shards)
     bank = load_bank(cfg.data.bank)
@@ -102,6 +114,8 @@ def prepare(cfg: TrainConfig, progress: Progress = print, check_run: bool = True
     if check_run:
         check_same_run(cfg)
     cfg.mining.curriculum.check_covers(cfg.optim.epochs)
+    if cfg.mining.index == "factory":
+        check_factory(cfg.mining.factory, bank.dim)
     progress(
         f"train: {train_rows:,} train rows, {len(val):,} val queries against {bank.num_vectors:,} x {bank.dim}; "
         f"{describe(TwoTower(cfg.tower, bank.dim))}; {max(1, cfg.workers)} worker(s)"
@@ -125,7 +139,7 @@ def resource_request(cfg: TrainConfig, trials: int = 1, mines: bool | None = Non
     return Request(tuple(asks))
 
 
-def join_ray(request: Request, timeout_s: float, progress: Progress = print, private_cpus: float = 0) -> None:
+def join_ray(request: Request, timeout_s: float, progress: Progress = say, private_cpus: float = 0) -> None:
     """Refuse a request this machine or cluster can never meet, join (or start) Ray, wait for free resources.
 
     A private Ray started here gets at least `private_cpus` logical CPUs (default: the request's).
@@ -138,7 +152,7 @@ def join_ray(request: Request, timeout_s: float, progress: Progress = print, pri
     wait_until_free(request, timeout_s, progress)
 
 
-def start_pool(cfg: TrainConfig, bank_ref, progress: Progress = print, force: bool = False) -> MinerPool | None:
+def start_pool(cfg: TrainConfig, bank_ref, progress: Progress = say, force: bool = False) -> MinerPool | None:
     """The miner pool, created here in the top-level driver, when the schedule (or `force`) needs one."""
     if not (cfg.mining.curriculum.mines or force):
         return None
@@ -147,7 +161,7 @@ def start_pool(cfg: TrainConfig, bank_ref, progress: Progress = print, force: bo
     return MinerPool(bank_ref, cfg.mining, progress)
 
 
-def find_resume(cfg: TrainConfig, progress: Progress = print) -> Path | None:
+def find_resume(cfg: TrainConfig, progress: Progress = say) -> Path | None:
     """The checkpoint a re-run of this name resumes from (unreadable ones skipped with a warning), said aloud."""
     resume = checkpoints.latest(cfg.run_dir, warn=progress)
     if resume:
@@ -164,7 +178,7 @@ def make_trainer(
     pool: MinerPool | None,
     resume: Path | None,
     callbacks: tuple = (),
-    tune: bool = False,
+    label: str = "",
 ):
     """The run's `TorchTrainer`: Ray Data over the train shards, the shared bank and miners, resume point.
 
@@ -187,8 +201,9 @@ def make_trainer(
         pool,
         inputs.steps_per_epoch(cfg),
         str(resume) if resume else None,
-        tune,
-        cfg.workers == 0,
+        tune=bool(label),
+        local=cfg.workers == 0,
+        label=label,
     )
     return TorchTrainer(
         train_loop,
@@ -208,11 +223,15 @@ def make_trainer(
     )
 
 
-def train(cfg: TrainConfig, progress: Progress = print) -> dict:
-    """Run (or resume) training; returns the summary written to RUN/summary.json."""
+def train(cfg: TrainConfig, progress: Progress = say) -> dict:
+    """Run (or resume) training; returns the summary written to RUN/summary.json.
 
+    Every line `progress` gets is also kept, timestamped, in RUN/train.log (with the rank-0 worker's).
+    """
     cfg = absolute_paths(cfg)
+    check_tracking(cfg.tracking)
     run = cfg.run
+    progress = _kept(progress, run.path / "train.log")
     if run.remote:
         check_uri(run.remote)
         run.pull()
@@ -247,6 +266,17 @@ def train(cfg: TrainConfig, progress: Progress = print) -> dict:
         f"{best['value']:.4f} at step {best['step']} ({run.location}/best)"
     )
     return summary
+
+
+def _kept(progress: Progress, log: Path) -> Progress:
+    """`progress`, plus each line appended with its timestamp to `log`."""
+    keep = Console(log)
+
+    def both(line: str) -> None:
+        progress(line)
+        keep.keep(line)
+
+    return both
 
 
 @contextlib.contextmanager

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from raytt import checkpoints, config
+from raytt.curves import training_curves
 from raytt.storage import atomic_dir
+from raytt.tracking import Tracker
 from raytt.training.config import TrainConfig
 from raytt.training.position import Position
 from raytt.training.setup import Trainee
@@ -29,11 +32,18 @@ class Recorder:
             self.run.path.mkdir(parents=True, exist_ok=True)
             self.run.pull()
         self.attempt = self.run.next_attempt() if rank == 0 else 0
+        first = self.run.starts()[:1] if rank == 0 else []
+        self.began = first[0]["time"] if first else time.time()  # the run's first start: elapsed_s counts from it
+        self.tracker = Tracker(cfg, rank)
 
     def started(self, position: Position) -> None:
         """A `start` row: this attempt began at this step (readers drop rows a later attempt replayed)."""
         if self.rank == 0:
             self.run.append({"step": position.step, "epoch": position.epoch}, "start", self.attempt)
+
+    def elapsed_s(self) -> float:
+        """Wall seconds since the run first started (attempts and pauses between them included)."""
+        return time.time() - self.began
 
     def record(
         self, metrics: dict, trainee: Trainee, position: Position, dim: int, checkpoint: bool, epoch_end: bool = False
@@ -42,7 +52,12 @@ class Recorder:
         import ray.train
 
         if self.rank == 0:
-            self.run.append(metrics, "epoch" if epoch_end else "train", self.attempt)
+            row = self.run.append(
+                {**metrics, "elapsed_s": round(self.elapsed_s(), 3)}, "epoch" if epoch_end else "train", self.attempt
+            )
+            self.tracker.log(row)
+            if epoch_end:
+                training_curves(self.run.metrics, self.run.path / "training_curves.png")
         if not epoch_end and (self.tune or not checkpoint):
             return
         if not (checkpoint and self.rank == 0):

@@ -19,6 +19,7 @@ from raytt import checkpoints
 from raytt.mining.article import ArticleNegatives
 from raytt.mining.client import MiningClient
 from raytt.mining.select import BankLayout
+from raytt.progress import Console, duration, eta
 from raytt.tensors import as_tensor
 from raytt.training import faults
 from raytt.training.config import TrainConfig
@@ -43,15 +44,19 @@ class WorkerInputs:
     resume: str | None = None  # the checkpoint a re-run of this name starts from
     tune: bool = False  # under Tune: only epoch ends reach Ray Train
     local: bool = False  # workers: 0, Ray Train's local mode
+    label: str = ""  # a prefix for every console line (the trial's name under Tune)
 
 
 def train_loop(config: dict) -> None:
     """The function every Ray Train worker runs (`config["inputs"]` is a `WorkerInputs`)."""
     run = WorkerRun(config["inputs"])
-    while run.position.epoch < run.cfg.optim.epochs and not run.done:
-        train_epoch(run)
-        if end_epoch(run):
-            break
+    try:
+        while run.position.epoch < run.cfg.optim.epochs and not run.done:
+            train_epoch(run)
+            if end_epoch(run):
+                break
+    finally:
+        run.recorder.tracker.close()
 
 
 def train_epoch(run: WorkerRun) -> None:
@@ -64,10 +69,8 @@ def train_epoch(run: WorkerRun) -> None:
         checkpoint = position.step % cfg.checkpoint_every == 0 and not (batch.last or run.done)
         if position.step % cfg.log_every == 0 or checkpoint:
             metrics = window.row(position, cfg.data.batch_size * run.world.size, run.trainee.lr)
-            run.log(
-                f"step {position.step:>6}  epoch {position.epoch}  loss {metrics['train/loss']:.4f}  in-batch "
-                f"acc {metrics['train/in_batch_acc']:.3f}  {metrics['train/samples_per_s']:,.0f} samples/s"
-            )
+            metrics["eta_s"] = run.eta_s()
+            run.log(step_line(metrics, position, run.total_steps, cfg.optim.epochs, run.steps_per_epoch))
             run.recorder.record(metrics, run.trainee, position, run.dim, checkpoint=checkpoint)
             window = Window()
         faults.inject(cfg, run.cfg.run_dir, run.world.rank, position.step, run.pool, run.log)
@@ -82,7 +85,10 @@ def end_epoch(run: WorkerRun) -> bool:
     mining = run.mining_metrics()
     metrics = {"step": position.step, "epoch": position.epoch, **mining}
     if run.world.rank == 0:
+        started = time.perf_counter()
         metrics.update(validate(run.trainee.served, run.bank_np, run.val, cfg.data.batch_size, run.world.device))
+        metrics["val_seconds"] = time.perf_counter() - started
+        metrics["eta_s"] = run.eta_s()
         run.log(epoch_line(metrics, cfg.optim.epochs) + mining_line(mining))
         run.recorder.keep_best(metrics, run.trainee, position, run.dim)
     run.recorder.record(metrics, run.trainee, position, run.dim, checkpoint=True, epoch_end=True)
@@ -147,7 +153,11 @@ class WorkerRun:
             inputs.val,
             inputs.pool,
         )
-        self.trainee = build_trainee(cfg, self.dim, device, self.world.size, total_steps(cfg, inputs.steps_per_epoch))
+        self.steps_per_epoch = inputs.steps_per_epoch
+        self.total_steps = total_steps(cfg, inputs.steps_per_epoch)
+        self.trainee = build_trainee(cfg, self.dim, device, self.world.size, self.total_steps)
+        log_file = cfg.run.path / "train.log" if self.world.rank == 0 else None
+        self.console = Console(log_file, f"[{inputs.label}] " if inputs.label else "")
         self.data = ray.train.get_dataset_shard("train")
         self.miner = MiningClient(inputs.pool, cfg.mining, self.world.rank, cfg.tower) if inputs.pool else None
         self.same_article = (
@@ -159,6 +169,7 @@ class WorkerRun:
         self.position = Position()
         self._restore(ray.train.get_checkpoint(), inputs.resume)
         self.recorder.started(self.position)
+        self.attempt_began, self.attempt_first_step = time.perf_counter(), self.position.step
 
     @property
     def dim(self) -> int:
@@ -169,8 +180,15 @@ class WorkerRun:
         return 0 < self.cfg.optim.max_steps <= self.position.step
 
     def log(self, line: str) -> None:
+        """Rank 0 prints the line, timestamped, and keeps it in RUN/train.log."""
         if self.world.rank == 0:
-            print(line, flush=True)
+            self.console(line)
+
+    def eta_s(self) -> float:
+        """Seconds to the run's last step at this attempt's pace so far (validation time included); -1 unknown."""
+        done = self.position.step - self.attempt_first_step
+        left = eta(time.perf_counter() - self.attempt_began, done, self.total_steps - self.attempt_first_step)
+        return -1.0 if left is None else round(left, 1)
 
     def _restore(self, reported, resume: str | None) -> None:
         """Continue from the run's newest readable checkpoint after a worker failure (`reported`) or on re-run.
@@ -233,12 +251,24 @@ class WorkerRun:
         return bool(spent.item())
 
 
+def step_line(m: dict, position: Position, total: int, epochs: int, per_epoch: int) -> str:
+    """The progress line: step k/N, where in the epoch, loss, in-batch accuracy, lr, samples/s, ETA."""
+    left = f"ETA {duration(m['eta_s'])}" if m["eta_s"] >= 0 else "ETA ?"
+    return (
+        f"step {position.step}/{total} (epoch {position.epoch + 1}/{epochs}, batch {position.batch_in_epoch}/"
+        f"{per_epoch})  loss {m['train/loss']:.4f}  in-batch acc {m['train/in_batch_acc']:.3f}  lr {m['lr']:.2e}  "
+        f"{m['train/samples_per_s']:,.0f} samples/s  {left}"
+    )
+
+
 def epoch_line(m: dict, epochs: int) -> str:
+    """The epoch-end line: full-bank validation in both views, validation time, ETA."""
+    left = f", ETA {duration(m['eta_s'])}" if m.get("eta_s", -1) >= 0 else ""
     return (
         f"epoch {m['epoch']}/{epochs}  step {m['step']}  val full-bank R@10 {m['val/R@10']:.4f}  "
         f"R@100 {m['val/R@100']:.4f}  MRR@10 {m['val/MRR@10']:.4f}  context-excluded R@10 "
         f"{m['val/excl/R@10']:.4f}  MRR@10 {m['val/excl/MRR@10']:.4f}  (val in-batch acc "
-        f"{m['val/in_batch_acc']:.3f})"
+        f"{m['val/in_batch_acc']:.3f}); validation took {duration(m['val_seconds'])}{left}"
     )
 
 
