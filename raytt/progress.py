@@ -24,20 +24,38 @@ def say(line: str) -> None:
 class Console:
     """A progress callable that prints timestamped lines and appends them to `keep_in` (e.g. RUN/train.log)."""
 
-    def __init__(self, keep_in: str | Path | None = None, prefix: str = "") -> None:
+    def __init__(self, keep_in: str | Path | None = None, prefix: str = "", hold: bool = False) -> None:
         self.keep_in = Path(keep_in) if keep_in else None
         self.prefix = prefix
+        self.held = hold
+        self.waiting: list[str] = []
 
     def __call__(self, line: str) -> None:
         print(stamp(f"{self.prefix}{line}"), flush=True)
         self.keep(line)
 
     def keep(self, line: str) -> None:
-        """Append the timestamped line to the log file alone."""
-        if self.keep_in is not None:
+        """Append the timestamped line to the log file alone.
+
+        With `hold`, lines wait in memory until `release()`: a run refused before it starts writes nothing.
+        """
+        if self.keep_in is None:
+            return
+        self.waiting.append(stamp(f"{self.prefix}{line}"))
+        if not self.held:
+            self._write()
+
+    def release(self) -> None:
+        """Stop holding: write the lines that waited, and every line from now on."""
+        self.held = False
+        self._write()
+
+    def _write(self) -> None:
+        if self.waiting:
             self.keep_in.parent.mkdir(parents=True, exist_ok=True)
             with open(self.keep_in, "a") as log:
-                log.write(stamp(f"{self.prefix}{line}") + "\n")
+                log.write("".join(f"{text}\n" for text in self.waiting))
+            self.waiting.clear()
 
 
 def duration(seconds: float) -> str:

@@ -7,6 +7,8 @@ import pytest
 
 from raytt.cli import run
 
+pytestmark = pytest.mark.integration  # each test runs the console script in its own process
+
 
 def raytt(*args, check=True):
     proc = subprocess.run([sys.executable, "-m", "raytt.cli", *map(str, args)], capture_output=True, text=True)

@@ -44,7 +44,7 @@ def test_index_finds_the_brute_force_neighbours(kind, exact):
     assert np.all(np.diff(scores, axis=1) <= 1e-6), "best first"
 
 
-@pytest.mark.parametrize("factory, overlap_min", [("IVF16,SQ8", 0.9), ("IVF16,PQ8", 0.5), ("HNSW16,SQ8", 0.8)])
+@pytest.mark.parametrize("factory, overlap_min", [("IVF16,SQ8", 0.9), ("IVF16,PQ8x4", 0.3), ("HNSW16,SQ8", 0.8)])
 def test_factory_indexes_quantise_and_still_find_neighbours(factory, overlap_min):
     """index_factory strings: scalar/product quantisation holds far fewer private bytes than the vectors."""
     rng = np.random.default_rng(0)

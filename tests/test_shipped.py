@@ -33,6 +33,7 @@ def test_shipped_config_loads(path):
     config.load(KINDS[kind], path)
 
 
+@pytest.mark.integration
 def test_prepare_job_entrypoint(tmp_path):
     (tmp_path / "s.yaml").write_text("num_vectors: 3000\ndim: 32\nlatent_dim: 8\n")
     subprocess.run(
@@ -61,6 +62,7 @@ def test_shipped_search_space_fits_its_training_config(path, monkeypatch):
     check_space(search, base_config(search))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("script", ["train.py", "tune.py", "ingest.py"])
 def test_job_entrypoints_refuse_bad_flags_and_a_missing_cluster(script, synth_bank, synth_shards, tmp_path):
     """jobs/*.py check their flags and inputs before connecting, and never start a private Ray when no cluster runs."""

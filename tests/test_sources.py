@@ -208,7 +208,7 @@ REFUSALS = {
     "norm without --normalize": (
         lambda p: npy_source(p, scaled_row_4),
         {},
-        r"v\.npy: source row 4: .*norm 1\.5.*--normalize true",
+        r"v\.npy: source row 4: .*norm 1\.5.*--normalize to L2",
     ),
     "duplicate (article, position)": (
         lambda p: npy_source(p, duplicate_rows_2_and_5),

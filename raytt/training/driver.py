@@ -231,7 +231,8 @@ def train(cfg: TrainConfig, progress: Progress = say) -> dict:
     cfg = absolute_paths(cfg)
     check_tracking(cfg.tracking)
     run = cfg.run
-    progress = _kept(progress, run.path / "train.log")
+    log = Console(run.path / "train.log", hold=True)  # nothing is written until the run starts
+    progress = _kept(progress, log)
     if run.remote:
         check_uri(run.remote)
         run.pull()
@@ -244,7 +245,9 @@ def train(cfg: TrainConfig, progress: Progress = say) -> dict:
     started = time.perf_counter()
     try:
         with _restored_sigint():
-            result = make_trainer(cfg, inputs, bank_ref, pool, resume).fit()
+            trainer = make_trainer(cfg, inputs, bank_ref, pool, resume)
+            log.release()
+            result = trainer.fit()
     except (KeyboardInterrupt, SystemExit) as exc:  # Ray Train's Ctrl-C handler aborts the run, then exits
         raise Interrupted(
             f"train: run {cfg.name!r} interrupted; run the same command again to resume it from its latest checkpoint"
@@ -268,13 +271,12 @@ def train(cfg: TrainConfig, progress: Progress = say) -> dict:
     return summary
 
 
-def _kept(progress: Progress, log: Path) -> Progress:
-    """`progress`, plus each line appended with its timestamp to `log`."""
-    keep = Console(log)
+def _kept(progress: Progress, log: Console) -> Progress:
+    """`progress`, plus each line kept with its timestamp in `log`'s file."""
 
     def both(line: str) -> None:
         progress(line)
-        keep.keep(line)
+        log.keep(line)
 
     return both
 
