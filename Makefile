@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(CODE)
 
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 bench: $(STAMP)
 	$(BIN)/python bench/build_scale.py
