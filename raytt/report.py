@@ -258,7 +258,7 @@ def compare(paths: list[str | Path], view: str = "all") -> str:
     files = [report_file(p) for p in paths]
     reports = [(Path(p), read_json(f, "eval report", RayttError)) for p, f in zip(paths, files)]
     rows = compare_rows(reports, view)
-    shards = {(rep["shards"], rep["split"], rep["queries"]) for _, rep in reports}
+    shards = {(str(Path(rep["shards"]).resolve()), rep["split"], rep["queries"]) for _, rep in reports}
     note = "" if len(shards) == 1 else "\nwarning: the reports evaluate different shards/splits/query counts"
     text = f"compare ({view.replace('_', ' ')}; * = best per column)\n" + table({k: r[2] for k, r in rows.items()})
     return text + note + "\n\n" + intervals_table([f.parent for f in files], rows, view)
