@@ -12,14 +12,10 @@ import re
 
 from raytt import config
 from raytt.errors import ConfigError
-from raytt.training.config import TRACKERS
 
 
 def check_tracking(trackers: tuple[str, ...]) -> None:
-    """Refuse unknown trackers, and MLflow where its package is missing, before any work starts."""
-    unknown = [t for t in trackers if t not in TRACKERS]
-    if unknown:
-        raise ConfigError(f"tracking: unknown tracker(s) {unknown}; choose from {list(TRACKERS)}")
+    """Refuse MLflow where its package is missing, before any work starts (`TrainConfig` refuses unknown names)."""
     if "mlflow" in trackers and importlib.util.find_spec("mlflow") is None:
         raise ConfigError(
             "tracking: mlflow asked for, but the mlflow package is not installed (pip install 'raytt[mlflow]')"
