@@ -114,6 +114,11 @@ def add_run_commands(sub) -> None:
         choices=SPLITS,
         help="then evaluate the best checkpoint on this split (report in RUN/eval/SPLIT)",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config and data, print the resources and placement the run would ask for, start nothing",
+    )
     add_config_flags(p, TrainConfig)
 
     p = sub.add_parser("tune", help="Ray Tune search over training settings, ASHA on full-bank validation recall")
@@ -157,6 +162,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> None:
     cfg = config_from_args(TrainConfig, args)
+    if args.dry_run:
+        commands.dry_run(cfg)
+        return
     commands.train(cfg)
     if args.eval:
         commands.evaluate(cfg.remote or cfg.run_dir, split=args.eval)

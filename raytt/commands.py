@@ -194,6 +194,13 @@ def train(cfg, progress: Progress = say) -> dict:
     return run_train(cfg, progress)
 
 
+def dry_run(cfg, progress: Progress = say) -> list[str]:
+    """What `raytt train --dry-run` prints; see `raytt.training.driver.dry_run`."""
+    from raytt.training.driver import dry_run as plan_run
+
+    return plan_run(cfg, progress)
+
+
 def tune(search_or_resume, progress: Progress = say) -> list[dict]:
     """Run a search (a SearchConfig), or resume one from its directory; see `raytt.tuning`."""
     from raytt import tuning as search_module

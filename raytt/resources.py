@@ -27,15 +27,24 @@ class ResourceError(RayttError):
 
 @dataclass(frozen=True)
 class Ask:
-    """`count` identical bundles of one kind, each needing `cpus` and `gpus` on a single node."""
+    """`count` identical bundles of one kind, each needing `cpus`, `gpus` and any custom `resources` on one node.
+
+    Custom resources (`{"miner": 1}`) are how a cluster pins work to node types: a node started with
+    `ray start --resources='{"miner": 4}'` is the only place such a bundle fits.
+    """
 
     what: str
     count: int
     cpus: float
     gpus: float = 0.0
+    resources: tuple[tuple[str, float], ...] = ()
+
+    def needs(self) -> dict[str, float]:
+        """One bundle's resources, by Ray's names."""
+        return {"CPU": self.cpus, "GPU": self.gpus, **dict(self.resources)}
 
     def describe(self) -> str:
-        each = f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
+        each = " + ".join(f"{v:g} {k}" for k, v in self.needs().items() if v or k == "CPU")
         return f"{self.count} {self.what} x {each}" if self.count != 1 else f"{self.what} {each}"
 
 
@@ -46,7 +55,12 @@ class Request:
     asks: tuple[Ask, ...]
 
     def total(self, key: str) -> float:
-        return sum(a.count * (a.cpus if key == "CPU" else a.gpus) for a in self.asks)
+        return sum(a.count * a.needs().get(key, 0.0) for a in self.asks)
+
+    def resource_names(self) -> list[str]:
+        """CPU, GPU and every custom resource some ask needs."""
+        extra = sorted({k for a in self.asks for k, _ in a.resources})
+        return ["CPU", "GPU", *extra]
 
     def describe(self) -> str:
         parts = "; ".join(a.describe() for a in self.asks if a.count)
@@ -69,22 +83,35 @@ def check(request: Request, capacity: Capacity) -> None:
     """Refuse a request this cluster can never meet: a bundle no node fits, or more than it can ever hold."""
     for ask in request.asks:
         if ask.count and not any(_fits(ask, shape) for shape in capacity.shapes):
-            largest = max(capacity.shapes, key=lambda s: (s.get("GPU", 0), s.get("CPU", 0)), default={})
-            raise ResourceError(
-                f"asked for {request.describe()}, but no node can hold one {ask.what} "
-                f"({ask.cpus:g} CPU, {ask.gpus:g} GPU): the largest node of {capacity.where} has "
-                f"{largest.get('CPU', 0):g} CPU and {largest.get('GPU', 0):g} GPU" + _hint(ask)
-            )
-    for key in ("CPU", "GPU"):
+            raise ResourceError(_no_node(request, ask, capacity))
+    for key in request.resource_names():
         if request.total(key) > capacity.most.get(key, 0) + 1e-9:
             raise ResourceError(
-                f"asked for {request.describe()}, but {capacity.describe()}; "
-                f"lower workers, threads_per_worker or mining.actors, or join a larger cluster"
+                f"asked for {request.describe()}, but {capacity.describe()}"
+                + (f" and {capacity.most.get(key, 0):g} {key}" if key not in ("CPU", "GPU") else "")
+                + "; lower workers, threads_per_worker or mining.actors, or join a larger cluster"
             )
 
 
 def _fits(ask: Ask, shape: dict) -> bool:
-    return ask.cpus <= shape.get("CPU", 0) + 1e-9 and ask.gpus <= shape.get("GPU", 0) + 1e-9
+    return all(v <= shape.get(k, 0) + 1e-9 for k, v in ask.needs().items())
+
+
+def _no_node(request: Request, ask: Ask, capacity: Capacity) -> str:
+    """Why no node can hold one bundle of `ask`: a custom resource nowhere, or too few CPUs/GPUs."""
+    absent = [k for k, _ in ask.resources if not any(s.get(k, 0) for s in capacity.shapes)]
+    if absent:
+        return (
+            f"asked for {request.describe()}, but no node of {capacity.where} has the custom resource(s) "
+            f"{absent} one {ask.what} needs; start nodes with `ray start --resources='{{\"{absent[0]}\": N}}'` "
+            "or drop it from worker_resources / mining.resources"
+        )
+    largest = max(capacity.shapes, key=lambda s: (s.get("GPU", 0), s.get("CPU", 0)), default={})
+    return (
+        f"asked for {request.describe()}, but no node can hold one {ask.what} "
+        f"({ask.cpus:g} CPU, {ask.gpus:g} GPU): the largest node of {capacity.where} has "
+        f"{largest.get('CPU', 0):g} CPU and {largest.get('GPU', 0):g} GPU" + _hint(ask)
+    )
 
 
 def _hint(ask: Ask) -> str:
@@ -115,13 +142,14 @@ def cluster_capacity() -> Capacity:
     from ray._private.state import state
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    most = {k: sum(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}
+    keys = {"CPU", "GPU"} | {k for n in nodes for k in n}
+    most = {k: sum(n.get(k, 0) for n in nodes) for k in keys}
     shapes = list(nodes)
     config = state.get_cluster_config()
     if config is not None:
         shapes += [dict(group.resources) for group in config.node_group_configs]
         scaled = state.get_max_resources_from_cluster_config() or {}
-        most = {k: max(most[k], scaled.get(k, 0)) for k in most}
+        most = {k: max(most.get(k, 0), scaled.get(k, 0)) for k in keys | set(scaled)}
     where = "this Ray cluster" + (" (autoscaling)" if config is not None else "")
     return Capacity(tuple(shapes), most, where)
 
@@ -129,7 +157,7 @@ def cluster_capacity() -> Capacity:
 def free() -> dict:
     import ray
 
-    return {k: ray.available_resources().get(k, 0.0) for k in ("CPU", "GPU")}
+    return {"CPU": 0.0, "GPU": 0.0, **ray.available_resources()}
 
 
 def wait_until_free(
@@ -140,7 +168,8 @@ def wait_until_free(
     said = -math.inf
     while True:
         now = free_now()
-        short = {k: request.total(k) - now[k] for k in ("CPU", "GPU") if request.total(k) > now[k] + 1e-9}
+        wanted = {k: request.total(k) for k in request.resource_names()}
+        short = {k: v - now.get(k, 0) for k, v in wanted.items() if v > now.get(k, 0) + 1e-9}
         if not short:
             return
         waited = time.monotonic() - started

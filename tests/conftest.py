@@ -6,8 +6,10 @@ the instance is restarted so the tests after it start clean.
 """
 
 import os
+import secrets
 import tempfile
 import time
+from pathlib import Path
 
 _HOME = tempfile.mkdtemp(prefix="raytt-test-home-")
 os.environ["HOME"] = _HOME
@@ -15,14 +17,14 @@ os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pytest  # noqa: E402
-from helpers import QUIET, SMALL  # noqa: E402
+from helpers import QUIET, SMALL, LocalCluster  # noqa: E402
 
 from raytt.bank import scan_bank  # noqa: E402
 from raytt.sequences import BuildConfig, build_shards  # noqa: E402
 from raytt.synthetic import generate  # noqa: E402
 
 RAY_CPUS = 3
-RAY_FIXTURES = {"ray_local", "ray_head"}  # a test using one of these is in the `integration` tier
+RAY_FIXTURES = {"ray_local", "ray_head", "ray_cluster"}  # a test using one of these is in the `integration` tier
 RELEASE_S = 120  # the longest a finished test's Ray work may take to hand its resources back
 # Ray's own detached helpers: library singletons (created once per cluster), and Ray Train's placement-group
 # cleaner, which ends itself once the dashboard reports its controller gone. They hold no CPU; not a test's leak.
@@ -99,6 +101,30 @@ def ray_local(ray_instance):
     if leaked:
         ray_instance.stop()
         pytest.fail(f"the test left Ray work behind after {RELEASE_S}s: {leaked}", pytrace=False)
+
+
+@pytest.fixture
+def ray_cluster(ray_instance):
+    """A four-node Ray cluster on this machine (`ray.cluster_utils.Cluster`), this process connected to it.
+
+    The session's Ray is stopped first; the cluster (every node and what ran on it) is shut down after,
+    so nothing it did reaches the next test. Its nodes read the session's token file (Ray keeps the
+    first token it loads for the life of the process, so every cluster here must share it).
+    """
+    import ray
+
+    ray_instance.stop()
+    token = Path(_HOME) / ".ray" / "auth_token"
+    if not token.exists():
+        token.parent.mkdir(exist_ok=True)
+        token.write_text(secrets.token_hex(32))
+    cluster = LocalCluster.start()
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 @pytest.fixture(autouse=True)

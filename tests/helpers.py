@@ -1,5 +1,7 @@
 """Helpers the tests share (imported as `from helpers import ...`; conftest holds only fixtures and hooks)."""
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from raytt.synthetic import SynthConfig
@@ -12,3 +14,46 @@ def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     """n random unit vectors of dimension d."""
     v = rng.standard_normal((n, d)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+STORE_BYTES = 100 * 1024 * 1024  # each test node's object store: small, so four fit in /dev/shm
+
+
+@dataclass
+class LocalCluster:
+    """Ray's own multi-node test harness, shaped for raytt on 2 cores: a head (1 CPU, the driver's and Ray
+    Data's), two `trainer` nodes (2 CPUs each) for training workers, a `miner` node (1 CPU) for miners."""
+
+    cluster: object  # ray.cluster_utils.Cluster
+    trainers: list
+    miner: object
+
+    @classmethod
+    def start(cls) -> "LocalCluster":
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "object_store_memory": STORE_BYTES, "dashboard_host": "127.0.0.1"},
+        )
+        trainers = [
+            cluster.add_node(num_cpus=2, resources={"trainer": 2}, object_store_memory=STORE_BYTES) for _ in range(2)
+        ]
+        miner = cluster.add_node(num_cpus=1, resources={"miner": 1}, object_store_memory=STORE_BYTES)
+        cluster.wait_for_nodes()
+        return cls(cluster, trainers, miner)
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def node(self, node_id: str):
+        """The cluster's node with this Ray node id."""
+        return next(n for n in self.cluster.list_all_nodes() if n.node_id == node_id)
+
+    def remove(self, node_id: str) -> None:
+        """Lose a node as a preempted machine would: its raylet and every process on it end."""
+        self.cluster.remove_node(self.node(node_id), allow_graceful=False)
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()

@@ -229,6 +229,17 @@ CASES: list[Case] = [
         lambda ws: ws.train("use_gpu=true"),
         "no node can hold one training worker(s) (1 CPU, 1 GPU)",
     ),
+    (
+        "train-custom-resource-missing",
+        lambda ws: ws.train("workers=1", "mining.schedule=0-5:8@0.5-0.9", "mining.resources.miner=1"),
+        "has the custom resource(s) ['miner'] one miner(s) needs",
+    ),
+    ("train-resources-cpu", lambda ws: ws.train("worker_resources.CPU=2"), "'CPU' has its own setting"),
+    (
+        "train-dry-run-cannot-fit",
+        lambda ws: [*ws.train("use_gpu=true"), "--dry-run"],
+        "no node can hold one training worker(s) (1 CPU, 1 GPU)",
+    ),
     ("train-storage-uri", lambda ws: ws.train("storage=bogus://nowhere/runs", "workers=1"), "bogus://"),
     ("train-run-changed", _changed_run, "exists with different ['tower']"),
     ("train-no-readable-checkpoint", _unreadable_checkpoints, "no checkpoint of this run can be read"),

@@ -11,7 +11,8 @@ NODE = {"CPU": 4.0, "GPU": 0.0}
 
 
 def _fixed(*nodes: dict) -> Capacity:
-    return Capacity(tuple(nodes), {k: sum(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}, "a fixed cluster")
+    keys = {"CPU", "GPU"} | {k for n in nodes for k in n}
+    return Capacity(tuple(nodes), {k: sum(n.get(k, 0) for n in nodes) for k in keys}, "a fixed cluster")
 
 
 def test_request_counts_workers_miners_encoder_and_ray_data():
@@ -35,6 +36,29 @@ def test_request_counts_workers_miners_encoder_and_ray_data():
     assert resource_request(gpu).total("GPU") == 4 and resource_request(gpu).total("CPU") == 5
     cached = config.load(TrainConfig, None, ["workers=4", "data.cache=true"])
     assert resource_request(cached).total("CPU") == 4, "a materialized train split is read before the workers start"
+
+
+def test_custom_resources_pin_bundles_to_the_nodes_that_offer_them():
+    cfg = config.load(
+        TrainConfig,
+        None,
+        ["workers=2", "worker_resources.trainer=1", "mining.schedule=0-5:8@0.5-0.9", "mining.resources.miner=0.5"],
+    )
+    request = resource_request(cfg)
+    assert request.total("trainer") == 2 and request.total("miner") == 0.5
+    assert "2 training worker(s) x 1 CPU + 1 trainer" in request.describe()
+    trainer, miner = {"CPU": 2.0, "trainer": 2.0}, {"CPU": 1.0, "miner": 1.0}
+    check(request, _fixed(trainer, miner, {"CPU": 1.0}))
+    with pytest.raises(ResourceError, match=r"has the custom resource\(s\) \['miner'\] one miner\(s\) needs"):
+        check(request, _fixed(trainer, trainer, {"CPU": 1.0}))
+    with pytest.raises(ResourceError, match="at most 7 CPU and 0 GPU and 2 trainer"):
+        check(resource_request(cfg, trials=2), _fixed(trainer, miner, {"CPU": 4.0}))
+
+
+def test_custom_resources_are_named_positive_amounts():
+    for bad, problem in [("worker_resources.GPU=1", "'GPU' has its own setting"), ("mining.resources.miner=0", "> 0")]:
+        with pytest.raises(config.ConfigError, match=problem):
+            config.load(TrainConfig, None, [bad])
 
 
 def test_a_gpu_on_a_cluster_without_one_is_refused_naming_both_sides():
@@ -81,3 +105,29 @@ def test_waiting_for_a_busy_cluster_is_bounded_and_says_what_is_pending():
     frees = iter([{"CPU": 1.0, "GPU": 0.0}, {"CPU": 3.0, "GPU": 0.0}])
     wait_until_free(request, 60.0, said.append, free_now=lambda: next(frees))
     assert said and "waiting for 2 more CPU" in said[0]
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(synth_bank, synth_shards, tmp_path, capsys):
+    import ray
+
+    from raytt.cli import main
+
+    sets = [
+        f"data.bank={synth_bank}",
+        f"data.shards={synth_shards}",
+        f"storage={tmp_path / 'runs'}",
+        "placement=spread",
+    ]
+    with pytest.raises(SystemExit) as ended:
+        main(["train", "--dry-run", *[x for s in [*sets, "mining.schedule=0-5:8@0.5-0.9"] for x in ("--set", s)]])
+    assert ended.value.code == 0
+    out = capsys.readouterr().out
+    for line in (
+        "plan: 2 training worker(s) x 1 CPU",
+        "plan: miner(s) 1 CPU",
+        "plan: workers placed spread (one per node where the cluster allows",
+        "plan: in all 4 CPU, 0 GPU; this machine (no Ray cluster joined) has at most 4 CPU",
+        "plan: run 'run' fits; nothing was started (--dry-run)",
+    ):
+        assert line in out, f"{line!r} not in:\n{out}"
+    assert not ray.is_initialized() and not (tmp_path / "runs").exists()

@@ -36,6 +36,13 @@ class MiningConfig:
     actor_gpus: float = field(
         default=0.0, metadata=doc("GPUs per miner actor (a GPU index when > 0 and CUDA is there)")
     )
+    resources: dict[str, float] = field(
+        default_factory=dict,
+        metadata=doc(
+            "custom Ray resources each miner needs, e.g. {miner: 1} to keep miners on nodes started with "
+            "--resources='{\"miner\": N}' (YAML only)"
+        ),
+    )
     index: Literal["flat", "ivf", "hnsw", "factory"] = field(
         default="flat",
         metadata=doc(
@@ -99,6 +106,7 @@ class MiningConfig:
             self.curriculum = self.curriculum.with_count(self.negatives)
         if self.actors < 1 or self.actor_cpus <= 0 or self.actor_gpus < 0:
             raise ValueError("mining.actors must be >= 1, mining.actor_cpus > 0, mining.actor_gpus >= 0")
+        check_custom_resources(self.resources, "mining.resources")
         if self.search_k < 1 or self.window < 0 or not -1.0 < self.fn_threshold <= 1.0 or self.timeout_s < 0:
             raise ValueError(
                 "mining.search_k must be >= 1, mining.window >= 0, mining.fn_threshold in (-1, 1], "
@@ -134,6 +142,15 @@ class MiningConfig:
             max(self.search_k, 4 * stage.count),
             self.mine_by,
         )
+
+
+def check_custom_resources(resources: dict[str, float], key: str) -> None:
+    """Custom resources are named amounts > 0; CPUs and GPUs have their own settings."""
+    for name, amount in resources.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ValueError(f"{key}: {name!r} has its own setting; list only custom resources here")
+        if amount <= 0:
+            raise ValueError(f"{key}: {name} must be > 0, got {amount}")
 
 
 def _parse_fault(text: str) -> tuple[str, tuple[int, int]]:

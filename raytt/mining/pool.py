@@ -67,7 +67,7 @@ class Miner:
         return {
             "miner": self.number,
             "pid": os.getpid(),
-            "node": ray.get_runtime_context().get_node_id()[:8],
+            "node": ray.get_runtime_context().get_node_id(),
             "index": self.index.describe(),
             "private_bytes": self.index.private_bytes,
         }
@@ -146,7 +146,11 @@ class MinerPool:
 
         self.cfg, self.bank_ref = cfg, bank_ref
         actor = ray.remote(Miner).options(
-            num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus, max_restarts=cfg.max_restarts, max_task_retries=0
+            num_cpus=cfg.actor_cpus,
+            num_gpus=cfg.actor_gpus,
+            resources=cfg.resources,
+            max_restarts=cfg.max_restarts,
+            max_task_retries=0,
         )
         self.actors = [actor.remote([bank_ref], cfg, i) for i in range(cfg.actors)]
         started = time.perf_counter()
@@ -160,8 +164,9 @@ class MinerPool:
                 f"training workers (mining.actors, mining.actor_cpus)"
             ) from None
         progress(f"mining: {cfg.actors} miner(s) ready in {time.perf_counter() - started:.1f}s")
+        self.nodes = [info["node"] for info in infos]
         for info in infos:
-            progress(f"mining:   miner {info['miner']} (pid {info['pid']}, node {info['node']}): {info['index']}")
+            progress(f"mining:   miner {info['miner']} (pid {info['pid']}, node {info['node'][:8]}): {info['index']}")
 
     def submit(self, request: MineRequest, slot: int):
         """Send one request to the miner at `slot` (round robin); returns its ObjectRef."""

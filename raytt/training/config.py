@@ -7,10 +7,11 @@ Sections mirror the code they configure: `data` (bank, shards, batches), `tower`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from raytt.config import doc
 from raytt.losses.objective import LossConfig
-from raytt.mining.config import MiningConfig
+from raytt.mining.config import MiningConfig, check_custom_resources
 from raytt.storage import Located
 from raytt.towers import TowerConfig
 
@@ -93,6 +94,17 @@ class TrainConfig(Located):
         ),
     )
     threads_per_worker: int = field(default=1, metadata=doc("CPUs (torch threads) per worker"))
+    placement: Literal["pack", "spread"] = field(
+        default="pack",
+        metadata=doc(
+            "how Ray places the workers: pack (fill a node first: fastest all-reduce) or spread (one per node where "
+            "it can: a lost node costs fewer workers); a preference, never a reason to wait"
+        ),
+    )
+    worker_resources: dict[str, float] = field(
+        default_factory=dict,
+        metadata=doc("custom Ray resources each worker needs besides its CPUs/GPU, e.g. {trainer: 1} (YAML only)"),
+    )
     seed: int = field(default=0, metadata=doc("seed for weights and data order"))
     checkpoint_every: int = field(default=200, metadata=doc("steps between checkpoints (also at each epoch end)"))
     keep_checkpoints: int = field(default=3, metadata=doc("latest checkpoints kept (the best is kept apart)"))
@@ -114,6 +126,14 @@ class TrainConfig(Located):
     mlflow_uri: str = field(default="", metadata=doc("MLflow tracking URI (default: sqlite:///RUN/mlflow.db)"))
     mlflow_experiment: str = field(default="", metadata=doc("MLflow experiment name (default: the run name)"))
     fail_at_step: int = field(default=-1, metadata=doc("testing: raise in worker 0 once at this step", hidden=True))
+    hold_at_step: int = field(
+        default=-1,
+        metadata=doc(
+            "testing: worker 0 writes RUN/.held once at this step and waits for RUN/.release (a test acts on the "
+            "cluster at a known step)",
+            hidden=True,
+        ),
+    )
     data: DataConfig = field(default_factory=DataConfig)
     tower: TowerConfig = field(default_factory=TowerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -134,5 +154,6 @@ class TrainConfig(Located):
             raise ValueError(f"tracking: unknown tracker(s) {unknown}; choose from {list(TRACKERS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_custom_resources(self.worker_resources, "worker_resources")
         if self.remote and self.workers == 0:
             raise ValueError(f"storage {self.storage!r} is a URI: local debugging runs (workers: 0) write to a path")

@@ -25,6 +25,7 @@ from raytt.errors import ConfigError, Interrupted, RayttError
 from raytt.evaluation import load_queries
 from raytt.mining.index import check_factory
 from raytt.mining.pool import MinerPool
+from raytt.placement import describe_observed, observe, plan
 from raytt.progress import Console, say
 from raytt.resources import (
     Ask,
@@ -129,9 +130,19 @@ def resource_request(cfg: TrainConfig, trials: int = 1, mines: bool | None = Non
     """What the run asks Ray for at once: its workers (of `trials` concurrent trials), miners, a bank encoder, and
     a CPU for Ray Data's read tasks when the train split streams from Parquet."""
     mines = cfg.mining.curriculum.mines if mines is None else mines
-    asks = [Ask("training worker(s)", max(1, cfg.workers) * trials, cfg.threads_per_worker, float(cfg.use_gpu))]
+    workers, miners = max(1, cfg.workers) * trials, cfg.mining
+    asks = [
+        Ask(
+            "training worker(s)",
+            workers,
+            cfg.threads_per_worker,
+            float(cfg.use_gpu),
+            tuple(sorted(cfg.worker_resources.items())),
+        )
+    ]
     if mines:
-        asks.append(Ask("miner(s)", cfg.mining.actors, cfg.mining.actor_cpus, cfg.mining.actor_gpus))
+        custom = tuple(sorted(miners.resources.items()))
+        asks.append(Ask("miner(s)", miners.actors, miners.actor_cpus, miners.actor_gpus, custom))
         if cfg.tower.doc != "identity":
             asks.append(Ask("bank encoder", 1, min(1.0, cfg.mining.actor_cpus)))
     if not cfg.data.cache:  # streamed: read tasks run beside the workers all along; cached: read once, before
@@ -211,7 +222,10 @@ def make_trainer(
         datasets={"train": dataset},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.threads_per_worker}
+            num_workers=cfg.workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.threads_per_worker, **cfg.worker_resources},
+            placement_strategy=cfg.placement.upper(),
         ),
         run_config=RunConfig(
             name=cfg.name,
@@ -248,6 +262,7 @@ def train(cfg: TrainConfig, progress: Progress = say) -> dict:
             trainer = make_trainer(cfg, inputs, bank_ref, pool, resume)
             log.release()
             result = trainer.fit()
+            seen = _observe(bank_ref, pool, progress)
     except (KeyboardInterrupt, SystemExit) as exc:  # Ray Train's Ctrl-C handler aborts the run, then exits
         raise Interrupted(
             f"train: run {cfg.name!r} interrupted; run the same command again to resume it from its latest checkpoint"
@@ -260,7 +275,7 @@ def train(cfg: TrainConfig, progress: Progress = say) -> dict:
     if result.error:  # local mode (workers: 0) returns its error instead of raising it
         raise failure(cfg, result.error) from result.error
     run.pull()
-    summary = _summary(cfg, time.perf_counter() - started)
+    summary = {**_summary(cfg, time.perf_counter() - started), "placement": seen}
     write_json(run.summary, summary)
     run.push()
     best = summary["best"]
@@ -269,6 +284,40 @@ def train(cfg: TrainConfig, progress: Progress = say) -> dict:
         f"{best['value']:.4f} at step {best['step']} ({run.location}/best)"
     )
     return summary
+
+
+def _observe(bank_ref, pool: MinerPool | None, progress: Progress) -> dict:
+    """Where the bank and the miners ended up (RUN/summary.json's `placement`); {} where Ray cannot say."""
+    try:
+        seen = observe(bank_ref, pool.nodes if pool else [])
+    except Exception as exc:  # Ray's per-node stats are a private API: a run never fails for want of them
+        progress(f"placement: could not read where the bank is held ({type(exc).__name__}: {_first_line(exc)})")
+        return {}
+    progress(describe_observed(seen))
+    return seen
+
+
+def dry_run(cfg: TrainConfig, progress: Progress = say) -> list[str]:
+    """Check the config and data, then say what the run would ask Ray for and where; start nothing.
+
+    On a cluster (RAY_ADDRESS) the plan is checked against its nodes; otherwise against the private
+    Ray a run here would start. A plan that can never be met raises `ResourceError`.
+    """
+    cfg = absolute_paths(cfg)
+    check_tracking(cfg.tracking)
+    prepare(cfg, progress)
+    request = resource_request(cfg)
+    if joins_cluster():
+        start_ray(request.total("CPU"))
+        capacity = cluster_capacity()
+    else:
+        capacity = private_capacity(request.total("CPU"))
+    lines = plan(request, capacity, cfg.placement)
+    for line in lines:
+        progress(line)
+    check(request, capacity)
+    progress(f"plan: run {cfg.name!r} fits; nothing was started (--dry-run)")
+    return lines
 
 
 def _kept(progress: Progress, log: Console) -> Progress:

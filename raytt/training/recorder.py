@@ -36,10 +36,10 @@ class Recorder:
         self.began = first[0]["time"] if first else time.time()  # the run's first start: elapsed_s counts from it
         self.tracker = Tracker(cfg, rank)
 
-    def started(self, position: Position) -> None:
-        """A `start` row: this attempt began at this step (readers drop rows a later attempt replayed)."""
+    def started(self, position: Position, workers: list[dict]) -> None:
+        """A `start` row: this attempt began at this step on these workers (readers drop rows it replays)."""
         if self.rank == 0:
-            self.run.append({"step": position.step, "epoch": position.epoch}, "start", self.attempt)
+            self.run.append({"step": position.step, "epoch": position.epoch, "workers": workers}, "start", self.attempt)
 
     def elapsed_s(self) -> float:
         """Wall seconds since the run first started (attempts and pauses between them included)."""

@@ -19,6 +19,7 @@ from raytt import checkpoints
 from raytt.mining.article import ArticleNegatives
 from raytt.mining.client import MiningClient
 from raytt.mining.select import BankLayout
+from raytt.placement import describe_workers, gather_workers
 from raytt.progress import Console, duration, eta
 from raytt.tensors import as_tensor
 from raytt.training import faults
@@ -168,7 +169,9 @@ class WorkerRun:
         self.recorder = Recorder(cfg, self.world.rank, inputs.local, inputs.tune, self.log)
         self.position = Position()
         self._restore(ray.train.get_checkpoint(), inputs.resume)
-        self.recorder.started(self.position)
+        workers = gather_workers(self.world.rank, self.world.size, cfg.threads_per_worker, int(cfg.use_gpu))
+        self.log(f"train: attempt {self.recorder.attempt}: {describe_workers(workers, cfg.placement)}")
+        self.recorder.started(self.position, workers)
         self.attempt_began, self.attempt_first_step = time.perf_counter(), self.position.step
 
     @property
