@@ -166,7 +166,10 @@ class MinerPool:
         progress(f"mining: {cfg.actors} miner(s) ready in {time.perf_counter() - started:.1f}s")
         self.nodes = [info["node"] for info in infos]
         for info in infos:
-            progress(f"mining:   miner {info['miner']} (pid {info['pid']}, node {info['node'][:8]}): {info['index']}")
+            progress(
+                f"mining:   miner {info['miner']} (pid {info['pid']}, node {info['node'][:8]}, {cfg.actor_cpus:g} CPU"
+                f"{f' + {cfg.actor_gpus:g} GPU' if cfg.actor_gpus else ''}): {info['index']}"
+            )
 
     def submit(self, request: MineRequest, slot: int):
         """Send one request to the miner at `slot` (round robin); returns its ObjectRef."""
