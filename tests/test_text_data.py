@@ -1,0 +1,177 @@
+"""Text retrieval data: BEIR folders read with every line checked, and the Debian description set's parsing,
+deduplication, grouping and splits."""
+
+import json
+
+import pytest
+
+from raytt.errors import RayttError
+from raytt.text.beir import BeirSet, read_beir, write_beir
+from raytt.text.debian import as_beir, build, description, sources, split_of, stanzas
+from raytt.text.pairs import load_msmarco, read_pairs
+
+TRANSLATION = """Package: 0ad
+Description-md5: d943033bedada21853d2ae54a2578a7b
+Description-en: Real-time strategy game of ancient warfare
+ 0 A.D. is a free, open-source, cross-platform real-time strategy game.
+ .
+ It is a historically-based war/economy game.
+
+Package: 0ad-data-common
+Description-md5: 8d014b839c4c4e9b6f82c7512d7e3496
+Description-en: Real-time strategy game (common data files)
+ Common data files for the real-time strategy game 0 A.D. of ancient warfare.
+
+Package: tiny
+Description-md5: 00000000000000000000000000000000
+Description-en: A stub
+ Too short to be a passage.
+"""
+PACKAGES = """Package: 0ad
+Version: 0.0.26-3
+
+Package: 0ad-data-common
+Source: 0ad-data (0.0.26-1)
+Version: 0.0.26-1
+"""
+
+
+def test_translation_paragraphs_become_short_and_long_descriptions():
+    records = list(stanzas(TRANSLATION.splitlines(keepends=True)))
+    first = description(records[0])
+    assert first.package == "0ad" and first.short == "Real-time strategy game of ancient warfare"
+    assert first.long == (
+        "0 A.D. is a free, open-source, cross-platform real-time strategy game.\n\n"
+        "It is a historically-based war/economy game."
+    ), "' .' lines are paragraph breaks; the leading space goes"
+    assert sources(stanzas(PACKAGES.splitlines())) == {"0ad": "0ad", "0ad-data-common": "0ad-data"}
+
+
+def test_the_set_dedupes_by_text_drops_stubs_and_groups_siblings():
+    d = description
+    records = [d(r) for r in stanzas(TRANSLATION.splitlines())]
+    twin = d({"Package": "0ad-twin", "Description-en": "Another name\n" + " " + records[0].long.replace("\n", "\n ")})
+    data = build([*records, records[0], twin], {"0ad": "0ad", "0ad-data-common": "0ad-data", "0ad-twin": "x"})
+    assert data.queries == [
+        "Real-time strategy game of ancient warfare",
+        "Real-time strategy game (common data files)",
+        "Another name",
+    ], "one query per short text; the stub ('tiny') is no passage"
+    assert len(data.passages) == 2 and data.positives == [{0}, {1}, {0}]
+    assert data.groups[2] == data.groups[0] == "0ad", "a shared passage joins another source's query to its group"
+    assert data.groups[1] == "0ad-data"
+    beir = as_beir(data)
+    split = split_of("0ad")
+    assert beir.qrels[split]["q0"] == {"p0": 1} and beir.qrels[split]["q2"] == {"p0": 1}
+
+
+def test_splits_are_drawn_per_group_stably():
+    names = [f"pkg{i}" for i in range(3000)]
+    drawn = [split_of(n) for n in names]
+    assert drawn == [split_of(n) for n in names]
+    shares = {s: drawn.count(s) / len(drawn) for s in ("train", "dev", "test")}
+    assert 0.77 < shares["train"] < 0.83 and 0.08 < shares["dev"] < 0.12 and 0.08 < shares["test"] < 0.12
+
+
+def _small() -> BeirSet:
+    return BeirSet(
+        passages={"p1": ("Title", "first passage"), "p2": ("", "second passage")},
+        queries={"q1": "one", "q2": "two"},
+        groups={"q1": "g"},
+        qrels={"train": {"q1": {"p1": 2, "p2": 1}}, "test": {"q2": {"p2": 1}}},
+    )
+
+
+def test_a_beir_folder_round_trips_with_graded_scores_and_groups(tmp_path):
+    out = write_beir(tmp_path / "set", _small())
+    back = read_beir(out)
+    assert back == _small()
+    assert (out / "qrels" / "train.tsv").read_text().splitlines()[0] == "query-id\tcorpus-id\tscore"
+    with pytest.raises(RayttError, match="already exists"):
+        write_beir(out, _small())
+
+
+def _corrupt(tmp_path, name: str, lines: list[str]):
+    folder = write_beir(tmp_path / "set", _small())
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "name, lines, problem",
+    [
+        ("corpus.jsonl", ['{"_id": "p1", "text": "a"}', '{"title": "t", "text": "b"}'], "corpus.jsonl:2: '_id' is"),
+        ("corpus.jsonl", ['{"_id": "p1", "text": "a"}', '{"_id": "p2", "text": "  "}'], "corpus.jsonl:2: 'text' is"),
+        ("corpus.jsonl", ['{"_id": "p1", "text": "a"}', '{"_id": "p1", "text": "b"}'], "passage id 'p1' appears twice"),
+        ("corpus.jsonl", ['{"_id": "p1", "text": "a"', ""], "corpus.jsonl:1: not a JSON object"),
+        ("queries.jsonl", ['{"_id": "q1", "text": "one"}', '["q2"]'], "queries.jsonl:2: not a JSON object"),
+        ("qrels/test.tsv", ["query-id\tcorpus-id\tscore", "q9\tp1\t1"], "test.tsv:2: query 'q9' is not in queries"),
+        ("qrels/test.tsv", ["query-id\tcorpus-id\tscore", "q1\tp9\t1"], "test.tsv:2: passage 'p9' is not in corpus"),
+        ("qrels/test.tsv", ["query-id\tcorpus-id\tscore", "q1\tp1\thigh"], "test.tsv:2: score 'high' is not"),
+        ("qrels/test.tsv", ["query-id\tcorpus-id\tscore", "q1 p1 1"], "test.tsv:2: expected query-id, corpus-id"),
+    ],
+)
+def test_bad_beir_lines_are_refused_by_file_and_line(tmp_path, name, lines, problem):
+    folder = _corrupt(tmp_path, name, lines)
+    with pytest.raises(RayttError, match=problem.replace("(", r"\(").replace("[", r"\[")):
+        read_beir(folder)
+
+
+def test_a_folder_without_its_files_is_refused(tmp_path):
+    folder = write_beir(tmp_path / "set", _small())
+    for path in (folder / "qrels").iterdir():
+        path.unlink()
+    with pytest.raises(RayttError, match="qrels: no train.tsv, dev.tsv or test.tsv"):
+        read_beir(folder)
+    (folder / "corpus.jsonl").unlink()
+    with pytest.raises(RayttError, match="corpus.jsonl: missing"):
+        read_beir(folder)
+    assert json.loads((folder / "queries.jsonl").read_text().splitlines()[0])["_id"] == "q1"
+
+
+def test_pairs_and_triples_become_a_split_retrieval_set(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [
+        {"query": "how to list files", "positive": "ls lists directory contents", "negatives": ["cp copies files"]},
+        {"query": "copy a file", "positives": ["cp copies files"], "group": "coreutils"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = read_pairs(path)
+    assert list(data.passages.values()) == [("", "ls lists directory contents"), ("", "cp copies files")]
+    assert data.negatives == {"q0": ["p1"]} and data.groups == {"q0": "how to list files", "q1": "coreutils"}
+    assert data.qrels[split_of("coreutils")]["q1"] == {"p1": 1}, "the shared text is one passage"
+    assert read_beir(write_beir(tmp_path / "set", data)) == data, "given negatives survive the folder"
+    path.write_text(json.dumps({"query": "q", "positive": "a"}) + "\n" + json.dumps({"query": "q2", "positive": ""}))
+    with pytest.raises(RayttError, match=r"pairs.jsonl:2: needs 'positive'"):
+        read_pairs(path)
+
+
+def _msmarco_row(i: int, selected: list[int]) -> dict:
+    texts = [f"passage {i}-{j} about topic {i}" for j in range(len(selected))]
+    return {
+        "answers": [f"answer {i}"],
+        "passages": {"is_selected": selected, "passage_text": texts, "url": [f"http://x/{i}/{j}" for j in selected]},
+        "query": f"what is topic {i}",
+        "query_id": 1000 + i,
+        "query_type": "DESCRIPTION",
+        "wellFormedAnswers": [],
+    }
+
+
+def test_msmarco_loads_through_datasets_from_a_folder_in_its_schema(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "ms_marco"
+    folder.mkdir()
+    rows = [_msmarco_row(0, [0, 1, 0]), _msmarco_row(1, [0, 0]), _msmarco_row(2, [1, 0])]
+    datasets.Dataset.from_list(rows).to_parquet(str(folder / "train-00000-of-00001.parquet"))
+    data = load_msmarco(str(folder), config="", split="train")
+    assert data.queries == {"q0": "what is topic 0", "q1": "what is topic 2"}, "a query with no selected passage goes"
+    assert data.qrels == {"train": {"q0": {"p0": 1}, "q1": {"p3": 1}}}
+    assert data.negatives == {"q0": ["p1", "p2"], "q1": ["p4"]} and data.groups["q1"] == "1002"
+    assert len(load_msmarco(str(folder), config="", split="train", limit=1).queries) == 1
+    datasets.Dataset.from_list([{"text": "x"}]).to_parquet(str(folder / "train-00000-of-00001.parquet"))
+    with pytest.raises(RayttError, match=r"has columns \['text'\], not MS MARCO's"):
+        load_msmarco(str(folder), config="", split="train")
