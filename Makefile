@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[cpu,test,ingest,lint,docs]'
+	$(BIN)/pip install -q -e '.[cpu,test,ingest,text,lint,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)

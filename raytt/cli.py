@@ -139,6 +139,13 @@ def add_run_commands(sub) -> None:
     p.add_argument("runs", nargs="+", type=Path, help="run directories or report folders")
     p.add_argument("--view", default="all", help="all or context_excluded")
 
+    p = sub.add_parser("text-eval", help="rank a BEIR folder's queries against its whole corpus: BM25, frozen encoder")
+    p.add_argument("folder", type=Path, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument("--split", default="test", help="train, dev or test")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--embedder", default="all-MiniLM-L6-v2", help="the frozen encoder (a name or a path)")
+    p.add_argument("--max-queries", type=int, default=0, help="evaluate a fixed random subset (0 = every query)")
+
     p = sub.add_parser("demo", help="the main job on the built-in synthetic data")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
     p.add_argument("--num-vectors", type=int, default=50_000, help="size of the synthetic bank")
@@ -198,6 +205,7 @@ HANDLERS = {
     "tune": lambda a: commands.tune(a.resume or config_from_args(SearchConfig, a)),
     "eval": lambda a: commands.evaluate(a.run, a.shards, a.bank, a.checkpoint, a.split, a.out, a.max_queries, a.device),
     "compare": lambda a: commands.compare(a.runs, a.view),
+    "text-eval": lambda a: commands.text_eval(a.folder, a.split, a.out, a.embedder, a.max_queries),
     "demo": lambda a: commands.demo(a.out, num_vectors=a.num_vectors, train_config=shipped.resolve(a.train_config)),
     "config": _config,
     "configs": _configs,

@@ -312,6 +312,13 @@ def compare(paths: list[str | Path], view: str = "all", progress: Progress = pri
     return text
 
 
+def text_eval(folder, split: str, out, embedder: str, max_queries: int = 0, progress: Progress = say) -> dict:
+    """Full-corpus baselines of a BEIR folder's split; see `raytt.text.evaluate`."""
+    from raytt.text.evaluate import evaluate_baselines
+
+    return evaluate_baselines(folder, split, out, embedder, max_queries, progress=progress)
+
+
 def import_bank(
     src: str | Path, out: str | Path, cfg=None, overwrite: bool = False, progress: Progress = say
 ) -> BankManifest:

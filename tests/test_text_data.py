@@ -3,11 +3,14 @@ deduplication, grouping and splits."""
 
 import json
 
+import numpy as np
 import pytest
 
+from raytt.cli import main
 from raytt.errors import RayttError
 from raytt.text.beir import BeirSet, read_beir, write_beir
 from raytt.text.debian import as_beir, build, description, sources, split_of, stanzas
+from raytt.text.metrics import per_query
 from raytt.text.pairs import load_msmarco, read_pairs
 
 TRANSLATION = """Package: 0ad
@@ -175,3 +178,43 @@ def test_msmarco_loads_through_datasets_from_a_folder_in_its_schema(tmp_path, mo
     datasets.Dataset.from_list([{"text": "x"}]).to_parquet(str(folder / "train-00000-of-00001.parquet"))
     with pytest.raises(RayttError, match=r"has columns \['text'\], not MS MARCO's"):
         load_msmarco(str(folder), config="", split="train")
+
+
+def test_graded_metrics_with_several_positives_match_hand_computed_values():
+    top = np.array([[5, 1, 7, 2], [3, 4, 0, 6]])
+    judged = [{1: 2, 2: 1, 9: 1}, {8: 1}]
+    assert per_query(top, judged, "R@2").tolist() == [1 / 3, 0.0]
+    assert per_query(top, judged, "R@4").tolist() == [2 / 3, 0.0]
+    assert per_query(top, judged, "MRR@4").tolist() == [0.5, 0.0]
+    dcg = 2 / np.log2(3) + 1 / np.log2(5)
+    ideal = 2 / np.log2(2) + 1 / np.log2(3) + 1 / np.log2(4)
+    assert per_query(top, judged, "NDCG@4")[0] == pytest.approx(dcg / ideal)
+    with pytest.raises(RayttError, match="needs the top 10, only 4 ranked"):
+        per_query(top, judged, "R@10")
+    with pytest.raises(RayttError, match="no passage with a grade above 0"):
+        per_query(top[:1], [{1: 0}], "R@2")
+
+
+def test_text_eval_ranks_the_whole_corpus_with_both_baselines(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    topics = ["compress files into archives", "edit text in a terminal", "play chess against the computer"]
+    data = BeirSet()
+    for i, topic in enumerate(topics * 40):
+        data.passages[f"p{i}"] = ("", f"a tool number {i} to {topic} quickly and with many options")
+    for i, topic in enumerate(topics):
+        data.queries[f"q{i}"] = f"tool {i} to {topic}"
+        data.qrels.setdefault("test", {})[f"q{i}"] = {f"p{i}": 2, f"p{i + 3}": 1}
+    folder = write_beir(tmp_path / "set", data)
+    with pytest.raises(SystemExit) as ended:
+        main(["text-eval", str(folder), "--split", "test", "--out", str(tmp_path / "eval")])
+    assert ended.value.code == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["queries"] == 3 and report["passages"] == 120 and report["oracle"]["in_corpus"] == 6
+    assert set(report["methods"]) == {"bm25", "frozen"} and set(report["intervals"]) == {"frozen - bm25"}
+    assert report["methods"]["bm25"]["R@100"] == 1.0, "a 120-passage corpus is wholly within the top 100"
+    assert report["methods"]["bm25"]["MRR@10"] > 0.3, "the query's number is in its passage: BM25 finds it"
+    assert "frozen - bm25: R@1" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as ended:
+        main(["text-eval", str(folder), "--split", "dev", "--out", str(tmp_path / "e2")])
+    assert ended.value.code == 2 and not (tmp_path / "e2").exists()
+    assert "no judged queries in split 'dev'" in capsys.readouterr().err
