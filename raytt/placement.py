@@ -25,10 +25,12 @@ def short(node: str) -> str:
 
 
 def gather_workers(rank: int, size: int, cpus: int, gpus: int) -> list[dict]:
-    """Every worker's rank, node and resources, gathered to all ranks (a collective: every rank calls it)."""
+    """Every worker's rank, node, pid and resources, gathered to all ranks (a collective: every rank calls it)."""
+    import os
+
     import torch.distributed as dist
 
-    mine = {"rank": rank, "node": node_id(), "cpus": cpus, "gpus": gpus}
+    mine = {"rank": rank, "node": node_id(), "pid": os.getpid(), "cpus": cpus, "gpus": gpus}
     if size == 1:
         return [mine]
     everyone: list = [None] * size

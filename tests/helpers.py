@@ -51,6 +51,21 @@ class LocalCluster:
         """The cluster's node with this Ray node id."""
         return next(n for n in self.cluster.list_all_nodes() if n.node_id == node_id)
 
+    def processes_on(self, node_id: str, title: str) -> list[int]:
+        """Pids of the node's worker processes whose command line (Ray's process title) names `title`."""
+        import psutil
+        from ray._private import ray_constants
+
+        raylet = self.node(node_id).all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+        found = []
+        for child in psutil.Process(raylet).children(recursive=True):
+            try:
+                if title in " ".join(child.cmdline()):
+                    found.append(child.pid)
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
     def remove(self, node_id: str) -> None:
         """Lose a node as a preempted machine would: its raylet and every process on it end."""
         self.cluster.remove_node(self.node(node_id), allow_graceful=False)

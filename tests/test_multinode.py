@@ -3,8 +3,10 @@ itself), with training workers spread over two `trainer` nodes, a miner on its o
 checkpoints on storage every node reads, and runs that lose a worker's node or the miner's node mid-epoch."""
 
 import threading
+import time
 from pathlib import Path
 
+import psutil
 from helpers import QUIET
 
 from raytt import config
@@ -59,6 +61,19 @@ def _nodes(start: dict) -> set[str]:
     return {w["node"] for w in start["workers"]}
 
 
+def _gone(pids: list[int]) -> None:
+    """Wait until these processes have ended (the test's own time limit bounds the wait)."""
+    while any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class OnHold:
     """Act on the cluster while worker 0 holds at `hold_at_step`, then let the run go on."""
 
@@ -109,8 +124,10 @@ def test_losing_a_workers_node_costs_at_most_a_checkpoint_interval(ray_cluster, 
     removed = []
 
     def lose_rank_1s_node():
-        removed.append(next(w["node"] for w in _attempts(cfg.run_dir)[0]["workers"] if w["rank"] == 1))
-        ray_cluster.remove(removed[0])
+        rank_1 = next(w for w in _attempts(cfg.run_dir)[0]["workers"] if w["rank"] == 1)
+        removed.append(rank_1["node"])
+        ray_cluster.remove(rank_1["node"])
+        _gone([rank_1["pid"]])  # its processes end a moment after its raylet; release worker 0 only then
 
     hold = OnHold(cfg.run_dir, lose_rank_1s_node)
     try:
@@ -129,7 +146,14 @@ def test_losing_a_workers_node_costs_at_most_a_checkpoint_interval(ray_cluster, 
 
 def test_losing_the_miners_node_only_costs_counted_fallbacks(ray_cluster, synth_bank, synth_shards, tmp_path):
     cfg = _cfg(synth_bank, synth_shards, tmp_path, "lose-miner", hold_at_step=3)
-    hold = OnHold(cfg.run_dir, lambda: ray_cluster.remove(ray_cluster.miner.node_id))
+
+    def lose_the_miners_node():
+        miners = ray_cluster.processes_on(ray_cluster.miner.node_id, "Miner")
+        assert miners, "the miner runs on the miner node"
+        ray_cluster.remove(ray_cluster.miner.node_id)
+        _gone(miners)
+
+    hold = OnHold(cfg.run_dir, lose_the_miners_node)
     try:
         summary = train(cfg, progress=QUIET)
     finally:
