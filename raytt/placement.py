@@ -51,10 +51,11 @@ def observe(bank_ref, miner_nodes: list[str]) -> dict:
     import ray
 
     location = ray.experimental.get_object_locations([bank_ref])[bank_ref]
+    stores = store_bytes_by_node()
     return {
         "bank_bytes": int(location["object_size"] or 0),
-        "bank_nodes": sorted(location["node_ids"]),
-        "store_bytes_by_node": store_bytes_by_node(),
+        "bank_nodes": sorted(n for n in location["node_ids"] if n in stores),  # a node just lost is still listed
+        "store_bytes_by_node": stores,
         "miner_nodes": miner_nodes,
     }
 
