@@ -80,6 +80,10 @@ def test_search_stops_a_bad_trial_and_best_yaml_trains(ray_local, synth_bank, sy
     )
     run_dir = search.run_dir
     assert (run_dir / "results.csv").read_text().count("\n") == 3
+    trials = sorted(p for p in (run_dir / "trials").iterdir() if p.is_dir())
+    assert len(trials) == 2 and all(list((t / "tensorboard").glob("events.out.tfevents.*")) for t in trials), (
+        "each trial's run directory holds its own TensorBoard events"
+    )
     best = config.load(TrainConfig, run_dir / "best.yaml")
     assert best.optim.lr == 0.005 and best.name == "asha-best"
     summary = train(best, progress=QUIET)
