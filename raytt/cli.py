@@ -139,6 +139,12 @@ def add_run_commands(sub) -> None:
     p.add_argument("runs", nargs="+", type=Path, help="run directories or report folders")
     p.add_argument("--view", default="all", help="all or context_excluded")
 
+    p = sub.add_parser("text-build", help="a BEIR folder as a passage bank and query shards, behind the split gates")
+    p.add_argument("folder", type=Path, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write (bank/ and queries/)")
+    p.add_argument("--min-train-queries", type=int, default=1000, help="refuse fewer judged training queries")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
     p = sub.add_parser("text-eval", help="rank a BEIR folder's queries against its whole corpus: BM25, frozen encoder")
     p.add_argument("folder", type=Path, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     p.add_argument("--split", default="test", help="train, dev or test")
@@ -205,6 +211,7 @@ HANDLERS = {
     "tune": lambda a: commands.tune(a.resume or config_from_args(SearchConfig, a)),
     "eval": lambda a: commands.evaluate(a.run, a.shards, a.bank, a.checkpoint, a.split, a.out, a.max_queries, a.device),
     "compare": lambda a: commands.compare(a.runs, a.view),
+    "text-build": lambda a: commands.text_build(a.folder, a.out, a.min_train_queries, a.overwrite),
     "text-eval": lambda a: commands.text_eval(a.folder, a.split, a.out, a.embedder, a.max_queries),
     "demo": lambda a: commands.demo(a.out, num_vectors=a.num_vectors, train_config=shipped.resolve(a.train_config)),
     "config": _config,

@@ -312,6 +312,13 @@ def compare(paths: list[str | Path], view: str = "all", progress: Progress = pri
     return text
 
 
+def text_build(folder, out, min_train_queries: int = 1000, overwrite: bool = False, progress: Progress = say) -> dict:
+    """A BEIR folder as a passage bank and query shards; see `raytt.text.build`."""
+    from raytt.text.build import TextBuildConfig, build_text
+
+    return build_text(folder, out, TextBuildConfig(min_train_queries), overwrite, progress)
+
+
 def text_eval(folder, split: str, out, embedder: str, max_queries: int = 0, progress: Progress = say) -> dict:
     """Full-corpus baselines of a BEIR folder's split; see `raytt.text.evaluate`."""
     from raytt.text.evaluate import evaluate_baselines

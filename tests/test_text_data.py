@@ -4,11 +4,13 @@ deduplication, grouping and splits."""
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from raytt.cli import main
 from raytt.errors import RayttError
 from raytt.text.beir import BeirSet, read_beir, write_beir
+from raytt.text.build import TextBuildConfig, build_text, text_sha256
 from raytt.text.debian import as_beir, build, description, sources, split_of, stanzas
 from raytt.text.metrics import per_query
 from raytt.text.pairs import load_msmarco, read_pairs
@@ -218,3 +220,46 @@ def test_text_eval_ranks_the_whole_corpus_with_both_baselines(tmp_path, monkeypa
         main(["text-eval", str(folder), "--split", "dev", "--out", str(tmp_path / "e2")])
     assert ended.value.code == 2 and not (tmp_path / "e2").exists()
     assert "no judged queries in split 'dev'" in capsys.readouterr().err
+
+
+def test_text_build_writes_a_keyed_passage_bank_and_query_shards(tmp_path):
+    data = _small()
+    data.negatives = {"q1": ["p2"]}
+    folder = write_beir(tmp_path / "set", data)
+    manifest = build_text(folder, tmp_path / "built", TextBuildConfig(min_train_queries=1), progress=lambda *_: None)
+    bank = pq.read_table(tmp_path / "built" / "bank" / "passages.parquet").to_pylist()
+    assert [(r["key"], r["passage_id"], r["text"]) for r in bank] == [
+        (0, "p1", "first passage"),
+        (1, "p2", "second passage"),
+    ]
+    sha = json.loads((tmp_path / "built" / "bank" / "manifest.json").read_text())["sha256"]
+    assert sha == manifest["bank_sha256"] == text_sha256(data)
+    train = pq.read_table(tmp_path / "built" / "queries" / "train.parquet").to_pylist()
+    assert train == [
+        {"query_id": "q1", "text": "one", "group": "g", "positives": [0, 1], "grades": [2, 1], "negatives": [1]}
+    ]
+    assert manifest["splits"] == {
+        "train": {"queries": 1, "file": "train.parquet"},
+        "test": {"queries": 1, "file": "test.parquet"},
+    }
+    changed = _small()
+    changed.passages["p2"] = ("", "second passage, edited")
+    assert text_sha256(changed) != sha, "the bank's sha256 covers every text"
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda d: d.qrels["test"].update({"q1": {"p1": 1}}), "query 'q1' is judged in both train and test"),
+        (lambda d: d.groups.update({"q2": "g"}), "group 'g' is judged in both train and test"),
+        (lambda d: None, "too little data: 1 judged training queries (fewer than min_train_queries=2)"),
+    ],
+)
+def test_text_build_refuses_leaks_and_too_little_data_writing_nothing(tmp_path, capsys, edit, problem):
+    data = _small()
+    edit(data)
+    folder = write_beir(tmp_path / "set", data)
+    with pytest.raises(SystemExit) as ended:
+        main(["text-build", str(folder), "--out", str(tmp_path / "built"), "--min-train-queries", "2"])
+    assert ended.value.code == 2 and problem in capsys.readouterr().err
+    assert not (tmp_path / "built").exists()
