@@ -75,10 +75,14 @@ def _alive(pid: int) -> bool:
 
 
 class OnHold:
-    """Act on the cluster while worker 0 holds at `hold_at_step`, then let the run go on."""
+    """Act on the cluster while worker 0 holds at `hold_at_step`, then let the run go on.
+
+    The run is released even when the act fails, so a failing act fails the test instead of hanging it.
+    """
 
     def __init__(self, run_dir: Path, act) -> None:
         self.run_dir, self.act, self.stop, self.acted = run_dir, act, threading.Event(), threading.Event()
+        self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
 
@@ -86,13 +90,30 @@ class OnHold:
         while not (self.run_dir / ".held").exists():
             if self.stop.wait(0.1):
                 return
-        self.act()
-        self.acted.set()
-        (self.run_dir / ".release").touch()
+        try:
+            self.act()
+            self.acted.set()
+        except BaseException as exc:  # re-raised in the test's thread by close()
+            self.error = exc
+        finally:
+            (self.run_dir / ".release").touch()
 
     def close(self) -> None:
         self.stop.set()
         self.thread.join()
+        if self.error:
+            raise self.error
+
+
+def _train_losing(cfg: TrainConfig, act) -> dict:
+    """Train `cfg`, doing `act` (losing a node) while worker 0 holds; the act must have happened."""
+    hold = OnHold(cfg.run_dir, act)
+    try:
+        summary = train(cfg, progress=QUIET)
+    finally:
+        hold.close()
+    assert hold.acted.is_set()
+    return summary
 
 
 def test_workers_spread_miners_apart_one_bank_copy_per_node_and_shared_storage(
@@ -129,12 +150,7 @@ def test_losing_a_workers_node_costs_at_most_a_checkpoint_interval(ray_cluster, 
         ray_cluster.remove(rank_1["node"])
         _gone([rank_1["pid"]])  # its processes end a moment after its raylet; release worker 0 only then
 
-    hold = OnHold(cfg.run_dir, lose_rank_1s_node)
-    try:
-        summary = train(cfg, progress=QUIET)
-    finally:
-        hold.close()
-    assert hold.acted.is_set()
+    summary = _train_losing(cfg, lose_rank_1s_node)
     assert summary["steps"] == _steps(synth_shards), "the run finished every step"
     first, *later = _attempts(cfg.run_dir)
     assert later, "losing a worker's node restarted the worker group"
@@ -153,12 +169,7 @@ def test_losing_the_miners_node_only_costs_counted_fallbacks(ray_cluster, synth_
         ray_cluster.remove(ray_cluster.miner.node_id)
         _gone(miners)
 
-    hold = OnHold(cfg.run_dir, lose_the_miners_node)
-    try:
-        summary = train(cfg, progress=QUIET)
-    finally:
-        hold.close()
-    assert hold.acted.is_set()
+    summary = _train_losing(cfg, lose_the_miners_node)
     assert summary["steps"] == _steps(synth_shards)
     assert len(_attempts(cfg.run_dir)) == 1, "a lost miner never restarts training"
     (epoch,) = RunDir(cfg.run_dir).rows("epoch")

@@ -263,3 +263,11 @@ def test_text_build_refuses_leaks_and_too_little_data_writing_nothing(tmp_path, 
         main(["text-build", str(folder), "--out", str(tmp_path / "built"), "--min-train-queries", "2"])
     assert ended.value.code == 2 and problem in capsys.readouterr().err
     assert not (tmp_path / "built").exists()
+
+
+def test_text_build_refuses_a_negative_minimum(tmp_path, capsys):
+    folder = write_beir(tmp_path / "set", _small())
+    with pytest.raises(SystemExit) as ended:
+        main(["text-build", str(folder), "--out", str(tmp_path / "built"), "--min-train-queries", "-1"])
+    assert ended.value.code == 2 and "--min-train-queries must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "built").exists()
