@@ -19,6 +19,7 @@ from raytt.flags import add_config_flags
 from raytt.sequences import SPLITS, BuildConfig
 from raytt.sources import ImportConfig
 from raytt.synthetic import SynthConfig
+from raytt.text.config import TextTrainConfig
 from raytt.training.config import TrainConfig
 from raytt.tuning import SearchConfig
 
@@ -36,12 +37,14 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(sub)
     add_run_commands(sub)
+    add_text_commands(sub)
     add_config_commands(sub)
     return top
 
 
 CONFIG_KINDS = {
     "train": TrainConfig,
+    "text-train": TextTrainConfig,
     "tune": SearchConfig,
     "build": BuildConfig,
     "synth": SynthConfig,
@@ -105,6 +108,40 @@ def add_data_commands(sub) -> None:
     add_config_flags(p, IngestConfig)
 
 
+def add_text_commands(sub) -> None:
+    """Text two-towers: build a passage bank and query shards, cache frozen vectors, train, evaluate."""
+    p = sub.add_parser("text-build", help="a BEIR folder as a passage bank and query shards, behind the split gates")
+    p.add_argument("folder", type=Path, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write (bank/ and queries/)")
+    p.add_argument("--min-train-queries", type=int, default=1000, help="refuse fewer judged training queries")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    p = sub.add_parser("text-encode", help="a frozen encoder's vectors of every passage and query, cached once")
+    p.add_argument("built", type=Path, help="a folder written by raytt text-build")
+    p.add_argument("--embedder", default="all-MiniLM-L6-v2", help="a sentence-transformers name or path")
+    p.add_argument("--max-seq-length", type=int, default=128, help="tokens each text is cut to")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per encoder call")
+    p.add_argument("--actors", type=int, default=1, help="Ray Data encoder actors")
+    p.add_argument("--actor-cpus", type=int, default=0, help="torch threads per actor (0 = cores / actors)")
+    p.add_argument("--overwrite", action="store_true", help="encode again even when the cache is up to date")
+
+    p = sub.add_parser(
+        "text-eval", help="rank a text set's queries against its whole corpus: BM25, frozen encoder, trained runs"
+    )
+    p.add_argument("folder", type=Path, help="a built text set (raytt text-build) or a BEIR folder")
+    p.add_argument("--split", default="test", help="train, dev or test")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--embedder", default="all-MiniLM-L6-v2", help="the frozen encoder (a name or a path)")
+    p.add_argument("--max-queries", type=int, default=0, help="evaluate a fixed random subset (0 = every query)")
+    p.add_argument("--run", action="append", default=[], type=Path, help="a text-train run to rank too (repeatable)")
+
+    p = sub.add_parser("text-train", help="train a text two-tower with Ray Train (re-running a name resumes it)")
+    p.add_argument(
+        "--eval", metavar="SPLIT", help="then rank this split's queries with the best checkpoint and the baselines"
+    )
+    add_config_flags(p, TextTrainConfig)
+
+
 def add_run_commands(sub) -> None:
     """Subcommands that train, search, evaluate and compare: train, tune, eval, compare, demo."""
     p = sub.add_parser("train", help="train a query tower with Ray Train (re-running a name resumes it)")
@@ -139,19 +176,6 @@ def add_run_commands(sub) -> None:
     p.add_argument("runs", nargs="+", type=Path, help="run directories or report folders")
     p.add_argument("--view", default="all", help="all or context_excluded")
 
-    p = sub.add_parser("text-build", help="a BEIR folder as a passage bank and query shards, behind the split gates")
-    p.add_argument("folder", type=Path, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
-    p.add_argument("--out", type=Path, required=True, help="folder to write (bank/ and queries/)")
-    p.add_argument("--min-train-queries", type=int, default=1000, help="refuse fewer judged training queries")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-
-    p = sub.add_parser("text-eval", help="rank a BEIR folder's queries against its whole corpus: BM25, frozen encoder")
-    p.add_argument("folder", type=Path, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
-    p.add_argument("--split", default="test", help="train, dev or test")
-    p.add_argument("--out", type=Path, required=True, help="report folder")
-    p.add_argument("--embedder", default="all-MiniLM-L6-v2", help="the frozen encoder (a name or a path)")
-    p.add_argument("--max-queries", type=int, default=0, help="evaluate a fixed random subset (0 = every query)")
-
     p = sub.add_parser("demo", help="the main job on the built-in synthetic data")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
     p.add_argument("--num-vectors", type=int, default=50_000, help="size of the synthetic bank")
@@ -183,6 +207,13 @@ def _train(args: argparse.Namespace) -> None:
         commands.evaluate(cfg.remote or cfg.run_dir, split=args.eval)
 
 
+def _text_train(args: argparse.Namespace) -> None:
+    cfg = config_from_args(TextTrainConfig, args)
+    commands.text_train(cfg)
+    if args.eval:
+        commands.text_eval(cfg.data.built, args.eval, cfg.run_dir / "eval" / args.eval, runs=[cfg.run_dir])
+
+
 def _config(args: argparse.Namespace) -> None:
     args.config = shipped.resolve(args.config) if args.config else None
     cfg = config.load(CONFIG_KINDS[args.kind], args.config, args.set)
@@ -208,11 +239,15 @@ HANDLERS = {
     "inspect": lambda a: commands.inspect(a.path, bank=a.bank, sample=a.sample),
     "ingest": lambda a: commands.ingest(a.input, a.out, config_from_args(IngestConfig, a), overwrite=a.overwrite),
     "train": _train,
+    "text-train": _text_train,
     "tune": lambda a: commands.tune(a.resume or config_from_args(SearchConfig, a)),
     "eval": lambda a: commands.evaluate(a.run, a.shards, a.bank, a.checkpoint, a.split, a.out, a.max_queries, a.device),
     "compare": lambda a: commands.compare(a.runs, a.view),
     "text-build": lambda a: commands.text_build(a.folder, a.out, a.min_train_queries, a.overwrite),
-    "text-eval": lambda a: commands.text_eval(a.folder, a.split, a.out, a.embedder, a.max_queries),
+    "text-encode": lambda a: commands.text_encode(
+        a.built, a.embedder, a.max_seq_length, a.batch_size, a.actors, a.actor_cpus, a.overwrite
+    ),
+    "text-eval": lambda a: commands.text_eval(a.folder, a.split, a.out, a.embedder, a.max_queries, a.run),
     "demo": lambda a: commands.demo(a.out, num_vectors=a.num_vectors, train_config=shipped.resolve(a.train_config)),
     "config": _config,
     "configs": _configs,

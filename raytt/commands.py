@@ -319,11 +319,37 @@ def text_build(folder, out, min_train_queries: int = 1000, overwrite: bool = Fal
     return build_text(folder, out, TextBuildConfig(min_train_queries), overwrite, progress)
 
 
-def text_eval(folder, split: str, out, embedder: str, max_queries: int = 0, progress: Progress = say) -> dict:
-    """Full-corpus baselines of a BEIR folder's split; see `raytt.text.evaluate`."""
-    from raytt.text.evaluate import evaluate_baselines
+def text_encode(
+    built,
+    embedder: str,
+    max_seq_length: int,
+    batch_size: int,
+    actors: int,
+    actor_cpus: int,
+    overwrite: bool = False,
+    progress: Progress = say,
+) -> Path:
+    """Cache a frozen encoder's passage and query vectors beside a built text set; see `raytt.text.encode`."""
+    from raytt.text.encode import EncodeConfig, encode_set
 
-    return evaluate_baselines(folder, split, out, embedder, max_queries, progress=progress)
+    cfg = EncodeConfig(embedder, max_seq_length, batch_size, actors, actor_cpus)
+    return encode_set(built, cfg, overwrite, progress)
+
+
+def text_eval(
+    folder, split: str, out, embedder: str = "all-MiniLM-L6-v2", max_queries: int = 0, runs=(), progress: Progress = say
+) -> dict:
+    """Full-corpus ranking of a text set's split by the baselines and trained runs; see `raytt.text.evaluate`."""
+    from raytt.text.evaluate import evaluate
+
+    return evaluate(folder, split, out, embedder, max_queries, runs=list(runs), progress=progress)
+
+
+def text_train(cfg, progress: Progress = say) -> dict:
+    """Train (or resume) a text two-tower run; see `raytt.text.train`."""
+    from raytt.text.train import train_text
+
+    return train_text(cfg, progress)
 
 
 def import_bank(

@@ -56,12 +56,14 @@ def load(embedder: str, device: str = "cpu"):
 class Encoder:
     """Ray Data actor: one model copy; adds a unit-norm `vector` column to batches of `text`."""
 
-    def __init__(self, embedder: str, device: str, batch_size: int, threads: int) -> None:
+    def __init__(self, embedder: str, device: str, batch_size: int, threads: int, max_seq_length: int = 0) -> None:
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.model = load(embedder, device)
+        if max_seq_length:
+            self.model.max_seq_length = min(max_seq_length, self.model.max_seq_length or max_seq_length)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict) -> dict:

@@ -1,88 +1,164 @@
-"""`raytt text-eval`: full-corpus ranking of one split's queries of a BEIR folder by the baselines,
-with paired-bootstrap intervals, written to OUT/report.json and printed as a table.
+"""`raytt text-eval`: full-corpus ranking of one split's queries by the baselines (BM25, the frozen
+encoder) and by trained text towers (`--run`, each beside its untrained self), with paired-bootstrap
+intervals, written to report.json and printed as a table.
 
 Every judged query is ranked against every passage of the corpus (never a candidate list). The
-oracle check of vector runs becomes: every judged passage is a corpus passage (the reader refuses a
-folder where one is not; the report records the count).
+oracle check of vector runs becomes: every judged passage is a corpus passage (the readers refuse a
+set where one is not; the report records the count). FOLDER is a BEIR folder (baselines only) or a
+set built by `raytt text-build` (baselines read `raytt text-encode`'s cache when it is there; runs
+need a built set).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from raytt import config
 from raytt.corpus.embed import resolve
 from raytt.errors import RayttError
 from raytt.intervals import describe, paired_bootstrap
 from raytt.progress import say
 from raytt.storage import write_json
-from raytt.text.baselines import bm25_top, frozen_top
-from raytt.text.beir import BeirSet, read_beir
+from raytt.text.baselines import bm25_top, dense_top, frozen_top
+from raytt.text.beir import read_beir
+from raytt.text.encode import cache_slug, open_encoded
 from raytt.text.metrics import METRICS, per_query
+from raytt.text.shards import open_text
 
 TOP_K = 100
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+Progress = Callable[[str], None]
 
 
-def judged_queries(data: BeirSet, split: str, max_queries: int, seed: int) -> tuple[list[str], list[dict[int, int]]]:
-    """The split's judged query ids (a seeded sample when `max_queries`) and their grades by passage number."""
-    if split not in data.qrels or not data.qrels[split]:
-        raise RayttError(f"text-eval: no judged queries in split {split!r} (splits here: {sorted(data.qrels)})")
-    number = {pid: i for i, pid in enumerate(data.passages)}
-    qids = sorted(q for q, grades in data.qrels[split].items() if any(g > 0 for g in grades.values()))
-    if max_queries and len(qids) > max_queries:
-        pick = np.random.default_rng(seed).choice(len(qids), max_queries, replace=False)
-        qids = [qids[i] for i in sorted(pick)]
-    return qids, [{number[p]: g for p, g in data.qrels[split][q].items()} for q in qids]
+@dataclass(frozen=True)
+class EvalSet:
+    """What every method ranks: passage texts by key, the split's judged queries and their grades by key."""
+
+    passages: list[str]
+    queries: list[str]
+    grades: list[dict[int, int]]
+    rows: list[int]  # the queries' rows in the split file (built sets)
+    shards: object = None  # TextShards when FOLDER is a built set
 
 
-def evaluate_baselines(
+def load_eval_set(folder: str | Path, split: str, max_queries: int, seed: int) -> EvalSet:
+    """The split's judged queries (a seeded sample of `max_queries` when set) from a built set or a BEIR folder."""
+    if (Path(folder) / "bank" / "manifest.json").is_file():
+        shards = open_text(folder)
+        table = shards.table(split)
+        grades = [dict(zip(k, g)) for k, g in zip(table["positives"].to_pylist(), table["grades"].to_pylist())]
+        queries, passages = table["text"].to_pylist(), shards.passage_texts()
+    else:
+        data, shards = read_beir(folder), None
+        if split not in data.qrels or not data.qrels[split]:
+            raise RayttError(f"text-eval: no judged queries in split {split!r} (splits here: {sorted(data.qrels)})")
+        number = {pid: i for i, pid in enumerate(data.passages)}
+        qids = list(data.qrels[split])
+        grades = [{number[p]: g for p, g in data.qrels[split][q].items()} for q in qids]
+        queries = [data.queries[q] for q in qids]
+        passages = [f"{title}\n{text}".strip() for title, text in data.passages.values()]
+    rows = [i for i, g in enumerate(grades) if any(v > 0 for v in g.values())]
+    if not rows:
+        raise RayttError(f"text-eval: no judged queries in split {split!r}")
+    if max_queries and len(rows) > max_queries:
+        rows = sorted(np.random.default_rng(seed).choice(rows, max_queries, replace=False).tolist())
+    return EvalSet(passages, [queries[i] for i in rows], [grades[i] for i in rows], rows, shards)
+
+
+def frozen_ranking(data: EvalSet, split: str, embedder: str, progress: Progress) -> np.ndarray:
+    """The frozen encoder's top-K: from the text-encode cache of a built set when there is one, else encoded now."""
+    if data.shards is not None:
+        embedder_id = resolve(embedder)[1]
+        for folder in sorted((data.shards.root / "encoded").glob(f"{cache_slug(embedder_id)}-*")):
+            encoded = open_encoded(folder, data.shards)
+            progress(f"text-eval: frozen {embedder_id} from the cache {folder}")
+            return dense_top(np.asarray(encoded.passages()), np.asarray(encoded.queries(split))[data.rows], TOP_K)
+    return frozen_top(data.passages, data.queries, embedder, TOP_K)
+
+
+def run_rankings(data: EvalSet, split: str, run: Path, progress: Progress) -> dict[str, np.ndarray]:
+    """A trained run's top-K (its best/ checkpoint) and its untrained towers' (the same seed, step 0)."""
+    import torch
+
+    from raytt.text.config import TextTrainConfig
+    from raytt.text.data import encoded_cache as cache_of
+    from raytt.text.data import passage_table, query_inputs
+    from raytt.text.ranking import tower_top
+    from raytt.text.towers import build_text_tower
+    from raytt.text.train import load_text_model
+
+    if data.shards is None:
+        raise RayttError(
+            "text-eval --run needs a set built by raytt text-build (its keys and caches), not a BEIR folder"
+        )
+    cfg = config.load(TextTrainConfig, run / "config.yaml")
+    model, meta = load_text_model(run / "best")
+    encoded = None if cfg.tower.reads_tokens else cache_of(cfg, data.shards)
+    table = passage_table(cfg, data.shards, encoded)
+    queries = query_inputs(cfg, data.shards, split, encoded)[data.rows]
+    torch.manual_seed(cfg.seed)
+    untrained = build_text_tower(cfg.tower, int(meta["dim"])).eval()
+    progress(f"text-eval: {run.name}: best/ from step {meta['step']} ({cfg.tower.kind} tower)")
+    return {
+        run.name: tower_top(model, table, queries, TOP_K, "cpu"),
+        f"{run.name}@init": tower_top(untrained, table, queries, TOP_K, "cpu"),
+    }
+
+
+def evaluate(
     folder: str | Path,
     split: str,
     out: str | Path,
     embedder: str = DEFAULT_EMBEDDER,
     max_queries: int = 0,
     seed: int = 0,
-    progress: Callable[[str], None] = say,
+    runs: list[Path] = (),
+    progress: Progress = say,
 ) -> dict:
-    """Rank the split's queries with BM25 and the frozen encoder; write and return the report."""
-    data = read_beir(folder)
-    qids, judged = judged_queries(data, split, max_queries, seed)
-    passages = [f"{title}\n{text}".strip() for title, text in data.passages.values()]
-    queries = [data.queries[q] for q in qids]
-    progress(f"text-eval: {folder}: {len(qids):,} {split} queries against all {len(passages):,} passages")
+    """Rank the split's queries with BM25, the frozen encoder and each run; write OUT/report.json (and each run's
+    RUN/eval/SPLIT/report.json); return the report."""
+    data = load_eval_set(folder, split, max_queries, seed)
+    progress(f"text-eval: {folder}: {len(data.queries):,} {split} queries against all {len(data.passages):,} passages")
     tops, seconds = {}, {}
-    for name, rank in (
-        ("bm25", lambda: bm25_top(passages, queries, TOP_K)),
-        ("frozen", lambda: frozen_top(passages, queries, embedder, TOP_K)),
-    ):
+    rankers = {
+        "bm25": lambda: {"bm25": bm25_top(data.passages, data.queries, TOP_K)},
+        "frozen": lambda: {"frozen": frozen_ranking(data, split, embedder, progress)},
+        **{Path(r).name: (lambda r=r: run_rankings(data, split, Path(r), progress)) for r in runs},
+    }
+    for name, rank in rankers.items():
         started = time.perf_counter()
-        tops[name] = rank()
+        tops.update(rank())
         seconds[name] = time.perf_counter() - started
         progress(f"text-eval: {name} ranked in {seconds[name]:.1f}s")
-    report = _report(tops, judged, split, len(passages), resolve(embedder)[1], seconds)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    write_json(Path(out) / "report.json", report)
+    report = _report(
+        tops, data.grades, split, len(data.passages), resolve(embedder)[1], seconds, [Path(r).name for r in runs]
+    )
+    for where in [Path(out), *[Path(r) / "eval" / split for r in runs]]:
+        where.mkdir(parents=True, exist_ok=True)
+        write_json(where / "report.json", report)
     progress(format_report(report))
     return report
 
 
-def _report(tops: dict, judged: list[dict[int, int]], split: str, passages: int, embedder: str, seconds: dict) -> dict:
-    values = {name: {m: per_query(top, judged, m) for m in METRICS} for name, top in tops.items()}
-    first, *others = list(tops)
+def _report(
+    tops: dict, grades: list[dict[int, int]], split: str, passages: int, embedder: str, seconds: dict, runs: list[str]
+) -> dict:
+    values = {name: {m: per_query(top, grades, m) for m in METRICS} for name, top in tops.items()}
+    pairs = [(name, "bm25") for name in tops if name != "bm25"] + [(run, "frozen") for run in runs]
     return {
         "split": split,
-        "queries": len(judged),
+        "queries": len(grades),
         "passages": passages,
-        "oracle": {"judged_passages": sum(len(j) for j in judged), "in_corpus": sum(len(j) for j in judged)},
+        "oracle": {"judged_passages": sum(len(g) for g in grades), "in_corpus": sum(len(g) for g in grades)},
         "embedder": embedder,
         "methods": {name: {m: float(v.mean()) for m, v in per.items()} for name, per in values.items()},
         "intervals": {
-            f"{other} - {first}": {m: paired_bootstrap(values[other][m], values[first][m]) for m in METRICS}
-            for other in others
+            f"{a} - {b}": {m: paired_bootstrap(values[a][m], values[b][m]) for m in METRICS} for a, b in pairs
         },
         "seconds": seconds,
     }
@@ -90,8 +166,9 @@ def _report(tops: dict, judged: list[dict[int, int]], split: str, passages: int,
 
 def format_report(report: dict) -> str:
     """The report as a table: one row per method, then each paired difference with its 95% interval."""
-    head = f"{'method':<10}" + "".join(f"{m:>10}" for m in METRICS)
-    rows = [f"{name:<10}" + "".join(f"{v[m]:>10.4f}" for m in METRICS) for name, v in report["methods"].items()]
+    width = max(10, *(len(n) + 2 for n in report["methods"]))
+    head = f"{'method':<{width}}" + "".join(f"{m:>10}" for m in METRICS)
+    rows = [f"{name:<{width}}" + "".join(f"{v[m]:>10.4f}" for m in METRICS) for name, v in report["methods"].items()]
     diffs = [
         f"{pair}: " + ", ".join(f"{m} {describe(*v[m])}" for m in METRICS) for pair, v in report["intervals"].items()
     ]

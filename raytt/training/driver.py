@@ -196,9 +196,6 @@ def make_trainer(
     A worker group that cannot be placed within `resource_timeout_s` (at the start, or after a
     failure) ends the run instead of waiting forever: Ray Train's start timeout, no controller retries.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     run = cfg.run
     run.path.mkdir(parents=True, exist_ok=True)
     config.dump(cfg, run.config)
@@ -216,8 +213,17 @@ def make_trainer(
         local=cfg.workers == 0,
         label=label,
     )
+    return torch_trainer(cfg, train_loop, worker_inputs, dataset, callbacks)
+
+
+def torch_trainer(cfg: TrainConfig, loop: Callable[[dict], None], worker_inputs, dataset, callbacks: tuple = ()):
+    """A `TorchTrainer` running `loop` on `cfg.workers` workers over `dataset`, with the run's name, storage,
+    failure and checkpoint policy (shared by vector and text runs)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     return TorchTrainer(
-        train_loop,
+        loop,
         train_loop_config={"inputs": worker_inputs},
         datasets={"train": dataset},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),

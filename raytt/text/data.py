@@ -1,0 +1,163 @@
+"""A text run's inputs, prepared by the driver: the passage table (token ids or cached vectors, by key),
+the train rows (one per query and positive, with negatives) as a Ray Dataset tokenised by Ray Data,
+and the dev queries that full-corpus validation ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from raytt.corpus.embed import resolve
+from raytt.errors import RayttError
+from raytt.text.config import TextTrainConfig
+from raytt.text.encode import Encoded, cache_name, open_encoded
+from raytt.text.shards import TextShards
+from raytt.text.tokens import Tokenize, load_tokenizer, tokenize
+
+
+@dataclass(frozen=True)
+class Judged:
+    """Queries to rank against the whole corpus: their inputs and their grades by passage key."""
+
+    inputs: np.ndarray  # [Q, L] token ids or [Q, D] cached vectors
+    grades: list[dict[int, int]]
+    query_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.grades)
+
+
+def encoded_cache(cfg: TextTrainConfig, shards: TextShards) -> Encoded:
+    """The frozen encoder's cached vectors this run reads, refused with the command that makes them when absent."""
+    embedder_id = resolve(cfg.tower.encoder)[1]
+    folder = shards.root / "encoded" / cache_name(embedder_id, cfg.data.encoded_length)
+    if not (folder / "manifest.json").is_file():
+        raise RayttError(
+            f"{folder}: no cached vectors of {embedder_id} (tower adapter and data.mined_negatives read them); run "
+            f"raytt text-encode {shards.root} --embedder {cfg.tower.encoder} --max-seq-length {cfg.data.encoded_length}"
+        )
+    return open_encoded(folder, shards)
+
+
+def passage_table(cfg: TextTrainConfig, shards: TextShards, encoded: Encoded | None) -> np.ndarray:
+    """Every passage as the passage side reads it, by key: cached vectors (adapter) or token ids."""
+    if not cfg.tower.reads_tokens:
+        return np.ascontiguousarray(encoded.passages(), dtype=np.float32)
+    tokenizer = load_tokenizer(cfg.tower.encoder)
+    return tokenize(tokenizer, shards.passage_texts(), cfg.tower.max_passage_tokens, special=_special(cfg))
+
+
+def query_inputs(cfg: TextTrainConfig, shards: TextShards, split: str, encoded: Encoded | None) -> np.ndarray:
+    """A split's queries as the query side reads them, in the split file's row order."""
+    if not cfg.tower.reads_tokens:
+        return np.ascontiguousarray(encoded.queries(split), dtype=np.float32)
+    tokenizer = load_tokenizer(cfg.tower.encoder)
+    return tokenize(tokenizer, shards.query_texts(split), cfg.tower.max_query_tokens, special=_special(cfg))
+
+
+def _special(cfg: TextTrainConfig) -> bool:
+    """A finetuned model reads [CLS]/[SEP] as it was pretrained; a bag of tokens does not need them."""
+    return cfg.tower.kind == "finetune"
+
+
+def judged(cfg: TextTrainConfig, shards: TextShards, split: str, encoded: Encoded | None, limit: int) -> Judged:
+    """The split's queries with at least one positive grade (a seeded sample of `limit` when limit > 0)."""
+    table = shards.table(split)
+    grades = [
+        {int(k): int(g) for k, g in zip(keys, gs)}
+        for keys, gs in zip(table["positives"].to_pylist(), table["grades"].to_pylist())
+    ]
+    rows = [i for i, g in enumerate(grades) if any(v > 0 for v in g.values())]
+    if limit and len(rows) > limit:
+        rows = sorted(np.random.default_rng(cfg.seed).choice(rows, limit, replace=False).tolist())
+    inputs = query_inputs(cfg, shards, split, encoded)
+    ids = table["query_id"].to_pylist()
+    return Judged(inputs[rows], [grades[i] for i in rows], [ids[i] for i in rows])
+
+
+def train_rows(cfg: TextTrainConfig, shards: TextShards, mined: np.ndarray | None) -> pa.Table:
+    """One row per (train query, positive): the query row, text, positive key and a fixed-width negatives list.
+
+    Negatives are the data's own (up to `data.given_negatives`) then the mined ones, -1 padded.
+    """
+    table = shards.table("train")
+    texts, positives = table["text"].to_pylist(), table["positives"].to_pylist()
+    grades, given = table["grades"].to_pylist(), table["negatives"].to_pylist()
+    take = cfg.data.given_negatives if cfg.data.given_negatives >= 0 else max((len(n) for n in given), default=0)
+    width = take + (mined.shape[1] if mined is not None else 0)
+    rows, text, positive, negatives = [], [], [], []
+    for i, (keys, gs) in enumerate(zip(positives, grades)):
+        extra = list(given[i][:take]) + ([] if mined is None else [int(k) for k in mined[i] if k >= 0])
+        extra = extra + [-1] * (width - len(extra))
+        for key, grade in zip(keys, gs):
+            if grade > 0:
+                rows.append(i), text.append(texts[i]), positive.append(key), negatives.append(extra)
+    if not rows:
+        raise RayttError(f"{shards.split_file('train')}: no training query has a positive")
+    columns = {"row": pa.array(rows, pa.int64()), "text": text, "positive": pa.array(positive, pa.int64())}
+    if width:
+        columns["negatives"] = pa.array(negatives, pa.list_(pa.int64(), width))
+    return pa.table(columns)
+
+
+def train_dataset(cfg: TextTrainConfig, rows: pa.Table, query_vectors: np.ndarray | None):
+    """The train rows as a Ray Dataset; Ray Data tokenises the query text (or attaches its cached vector)."""
+    import ray
+
+    dataset = ray.data.from_arrow(rows)
+    if cfg.tower.reads_tokens:
+        return dataset.map_batches(
+            Tokenize,
+            fn_constructor_kwargs={
+                "encoder": cfg.tower.encoder,
+                "max_tokens": cfg.tower.max_query_tokens,
+                "special": _special(cfg),
+            },
+            batch_size=1024,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=0.5,
+        ).materialize()
+    ref = ray.put(np.ascontiguousarray(query_vectors, dtype=np.float32))
+    return dataset.map_batches(_attach_vectors, fn_kwargs={"vectors": ref}, batch_size=1024).materialize()
+
+
+def _attach_vectors(batch: dict, vectors) -> dict:
+    import ray
+
+    table = ray.get(vectors) if isinstance(vectors, ray.ObjectRef) else vectors
+    batch["tokens"] = table[batch["row"]]
+    return batch
+
+
+class TextCollate(NumpyBatchCollateFn):
+    """Ray Data collate step: (query inputs [B, ...], positive keys [B], negative keys [B, n] or None)."""
+
+    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        inputs = batch["tokens"]
+        if inputs.dtype == object:
+            inputs = np.stack(inputs)
+        negatives = batch.get("negatives")
+        if negatives is not None and negatives.dtype == object:
+            negatives = np.stack(negatives)
+        return (
+            torch.as_tensor(inputs),
+            torch.as_tensor(batch["positive"], dtype=torch.int64),
+            torch.as_tensor(negatives, dtype=torch.int64) if negatives is not None else None,
+        )
+
+
+def describe_data(cfg: TextTrainConfig, shards: TextShards, rows: pa.Table, val: Judged, table: np.ndarray) -> str:
+    """One line: what the run trains on and validates against."""
+    side = "cached vectors" if not cfg.tower.reads_tokens else "token ids"
+    negatives = rows.schema.field("negatives").type.list_size if "negatives" in rows.column_names else 0
+    return (
+        f"text-train: {Path(shards.root).name}: {rows.num_rows:,} (query, positive) rows from "
+        f"{shards.rows('train'):,} train queries, {negatives} negatives per row; {len(val):,} dev queries against "
+        f"all {shards.passages:,} passages ({side} {table.shape[1]} wide)"
+    )

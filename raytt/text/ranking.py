@@ -1,0 +1,39 @@
+"""Full-corpus ranking by a text tower: every passage encoded by the passage side, every query by the
+query side, exact top-K by inner product; what validation and `raytt text-eval --run` both use."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from raytt.text.baselines import dense_top
+from raytt.text.metrics import METRICS, per_query
+from raytt.text.towers import TextTwoTower
+
+ENCODE_BATCH = 512
+
+
+@torch.no_grad()
+def encode_side(model: TextTwoTower, inputs: np.ndarray | torch.Tensor, side: str, device) -> np.ndarray:
+    """Unit vectors [N, D] of `inputs` (token ids or cached vectors) by one side, in batches."""
+    model.eval()
+    encode = model.queries if side == "query" else model.passages
+    out = []
+    for start in range(0, len(inputs), ENCODE_BATCH):
+        x = torch.as_tensor(
+            np.asarray(inputs[start : start + ENCODE_BATCH])
+            if not torch.is_tensor(inputs)
+            else inputs[start : start + ENCODE_BATCH]
+        )
+        out.append(encode(x.to(device)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
+
+
+def tower_top(model: TextTwoTower, passages, queries, k: int, device) -> np.ndarray:
+    """The tower's top `k` passage keys per query over the whole corpus, best first."""
+    return dense_top(encode_side(model, passages, "passage", device), encode_side(model, queries, "query", device), k)
+
+
+def scores(top: np.ndarray, grades: list[dict[int, int]]) -> dict[str, float]:
+    """The mean of every text metric over the queries."""
+    return {m: float(per_query(top, grades, m).mean()) for m in METRICS}

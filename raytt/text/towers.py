@@ -1,0 +1,170 @@
+"""Text towers: a query side and a passage side (tied or untied), each ending in a unit vector.
+
+- `bag`: a (learned-weight) mean of token embeddings, initialised from the encoder's embedding
+  matrix or at random, and a projection; cheap enough for a laptop CPU.
+- `adapter`: the frozen encoder's cached vector plus a gated residual MLP whose gate starts at 0,
+  so step 0 is the zero-shot encoder.
+- `finetune`: the whole Hugging Face encoder, mean-pooled, trained end to end.
+
+Inputs are token ids [B, L] (0 = padding) for `bag` and `finetune`, cached vectors [B, D] for `adapter`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raytt.config import doc
+
+TextKind = Literal["bag", "adapter", "finetune"]
+
+
+@dataclass
+class TextTowerConfig:
+    kind: TextKind = field(default="bag", metadata=doc("bag, adapter (frozen encoder + gated residual) or finetune"))
+    encoder: str = field(
+        default="all-MiniLM-L6-v2",
+        metadata=doc(
+            "sentence-transformers / Hugging Face model: tokenizer and embeddings (bag), cached vectors "
+            "(adapter), the trained model (finetune)"
+        ),
+    )
+    tied: bool = field(default=False, metadata=doc("one set of weights for queries and passages"))
+    projection_dim: int = field(default=0, metadata=doc("output width (0 = the encoder's width, no projection)"))
+    init: Literal["pretrained", "random"] = field(
+        default="pretrained", metadata=doc("bag: token embeddings from the encoder's matrix or random")
+    )
+    token_weights: bool = field(default=True, metadata=doc("bag: a learned weight per token in the mean (IDF-like)"))
+    hidden: int = field(default=0, metadata=doc("adapter: hidden width of the residual MLP (0 = 2 x the width)"))
+    dropout: float = field(default=0.0, metadata=doc("dropout inside the trained layers"))
+    max_query_tokens: int = field(default=32, metadata=doc("query token ids kept (bag, finetune)"))
+    max_passage_tokens: int = field(default=128, metadata=doc("passage token ids kept (bag, finetune)"))
+
+    def __post_init__(self) -> None:
+        if self.projection_dim < 0 or self.hidden < 0:
+            raise ValueError("tower.projection_dim and tower.hidden must be >= 0")
+        if self.max_query_tokens < 1 or self.max_passage_tokens < 1:
+            raise ValueError("tower.max_query_tokens and tower.max_passage_tokens must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"tower.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def reads_tokens(self) -> bool:
+        return self.kind != "adapter"
+
+
+class BagEncoder(nn.Module):
+    """Weighted mean of token embeddings (weights softplus(w[token]), all equal at the start), then a projection."""
+
+    def __init__(self, embeddings: torch.Tensor, projection_dim: int, token_weights: bool, dropout: float) -> None:
+        super().__init__()
+        vocab, width = embeddings.shape
+        self.embed = nn.Embedding(vocab, width, padding_idx=0, _weight=embeddings.clone())
+        self.weight = nn.Parameter(torch.full((vocab,), 0.5413)) if token_weights else None  # softplus(0.5413) = 1
+        self.drop = nn.Dropout(dropout)
+        self.project = nn.Linear(width, projection_dim) if projection_dim else nn.Identity()
+
+    @property
+    def dim(self) -> int:
+        return self.project.out_features if isinstance(self.project, nn.Linear) else self.embed.embedding_dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        real = (ids > 0).float()
+        w = real * (F.softplus(self.weight[ids]) if self.weight is not None else 1.0)
+        pooled = (self.embed(ids) * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-6)
+        return F.normalize(self.project(self.drop(pooled)), dim=-1)
+
+
+class GatedAdapter(nn.Module):
+    """x + g * MLP(x) with the scalar g starting at 0 (the frozen encoder at step 0), then an optional projection."""
+
+    def __init__(self, width: int, hidden: int, projection_dim: int, dropout: float) -> None:
+        super().__init__()
+        hidden = hidden or 2 * width
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, width))
+        self.gate = nn.Parameter(torch.zeros(()))
+        self.project = nn.Linear(width, projection_dim) if projection_dim else nn.Identity()
+        self.width = width
+        if projection_dim:
+            nn.init.eye_(self.project.weight) if projection_dim == width else None
+            nn.init.zeros_(self.project.bias)
+
+    @property
+    def dim(self) -> int:
+        return self.project.out_features if isinstance(self.project, nn.Linear) else self.width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.project(x + self.gate * self.mlp(x)), dim=-1)
+
+
+class FinetuneEncoder(nn.Module):
+    """A Hugging Face encoder, mean-pooled over its real tokens, then an optional projection."""
+
+    def __init__(self, model: nn.Module, projection_dim: int) -> None:
+        super().__init__()
+        self.model = model
+        width = model.config.hidden_size
+        self.project = nn.Linear(width, projection_dim) if projection_dim else nn.Identity()
+        self.width = width
+
+    @property
+    def dim(self) -> int:
+        return self.project.out_features if isinstance(self.project, nn.Linear) else self.width
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids > 0).long()
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        return F.normalize(self.project(pooled), dim=-1)
+
+
+class TextTwoTower(nn.Module):
+    """A query encoder and a passage encoder; tied towers are one module used for both sides."""
+
+    def __init__(self, cfg: TextTowerConfig, query_side: nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.query_side = query_side
+        self.passage_side = query_side if cfg.tied else copy.deepcopy(query_side)
+
+    @property
+    def dim(self) -> int:
+        return self.query_side.dim
+
+    @property
+    def trainable(self) -> bool:
+        return True
+
+    def queries(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.query_side(inputs)
+
+    def passages(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.passage_side(inputs)
+
+    def forward(self, queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None):
+        """(query vectors [B, D], positive vectors [B, D], negative vectors [B, n, D] or None): one call, so DDP
+        sees every parameter used in the step."""
+        q, p = self.queries(queries), self.passages(positives)
+        if negatives is None or negatives.shape[1] == 0:
+            return q, p, None
+        b, n = negatives.shape[:2]
+        return q, p, self.passages(negatives.flatten(0, 1)).view(b, n, -1)
+
+
+def build_text_tower(cfg: TextTowerConfig, width: int = 0) -> TextTwoTower:
+    """The configured towers (seeded by the caller); `width` is the cached vectors' width for `adapter`."""
+    if cfg.kind == "adapter":
+        return TextTwoTower(cfg, GatedAdapter(width, cfg.hidden, cfg.projection_dim, cfg.dropout))
+    from raytt.text.tokens import load_encoder_model, token_embeddings
+
+    if cfg.kind == "bag":
+        embeddings = token_embeddings(cfg.encoder)
+        if cfg.init == "random":
+            embeddings = torch.randn_like(embeddings) * embeddings.std()
+        return TextTwoTower(cfg, BagEncoder(embeddings, cfg.projection_dim, cfg.token_weights, cfg.dropout))
+    return TextTwoTower(cfg, FinetuneEncoder(load_encoder_model(cfg.encoder), cfg.projection_dim))

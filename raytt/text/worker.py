@@ -1,0 +1,227 @@
+"""The loop every Ray Train worker of a text run runs: the vector loop's shape (epochs of steps, full-corpus
+validation at each epoch end, checkpoints, best/, resume), with text batches and text validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raytt import checkpoints
+from raytt.placement import describe_workers, gather_workers
+from raytt.progress import Console, duration, eta
+from raytt.text.config import TextTrainConfig
+from raytt.text.data import Judged, TextCollate
+from raytt.text.ranking import scores, tower_top
+from raytt.text.step import TextStepResult, on_device, text_step
+from raytt.text.towers import build_text_tower
+from raytt.training import faults
+from raytt.training.data import flag_last
+from raytt.training.position import Position
+from raytt.training.recorder import Recorder
+from raytt.training.setup import Trainee, lr_factor, total_steps
+from raytt.training.step import World
+
+VAL_TOP = 100
+
+
+@dataclass(frozen=True)
+class TextWorkerInputs:
+    """What the driver hands every worker: the config, the passage table's ObjectRef, the dev queries."""
+
+    cfg: TextTrainConfig
+    table: object  # ObjectRef of the passage table: token ids [N, L] or cached vectors [N, D]
+    val: Judged
+    steps_per_epoch: int
+    resume: str | None = None
+    tune: bool = False
+    local: bool = False
+    label: str = ""
+
+
+def text_train_loop(config: dict) -> None:
+    """The function every Ray Train worker runs (`config["inputs"]` is a `TextWorkerInputs`)."""
+    run = TextWorkerRun(config["inputs"])
+    try:
+        while run.position.epoch < run.cfg.optim.epochs and not run.done:
+            train_epoch(run)
+            if end_epoch(run):
+                break
+    finally:
+        run.recorder.tracker.close()
+
+
+def train_epoch(run: TextWorkerRun) -> None:
+    cfg, position = run.cfg, run.position
+    window: list[TextStepResult] = []
+    started = time.perf_counter()
+    for (queries, positive_keys, negative_keys), last in run.batches():
+        batch = on_device(run.table, queries, positive_keys, negative_keys, run.world.device)
+        window.append(text_step(run.trainee, batch, cfg, run.world))
+        position.advance()
+        checkpoint = position.step % cfg.checkpoint_every == 0 and not (last or run.done)
+        if position.step % cfg.log_every == 0 or checkpoint:
+            metrics = window_row(window, position, cfg.data.batch_size * run.world.size, run.trainee.lr, started)
+            metrics["eta_s"] = run.eta_s()
+            run.log(step_line(metrics, position, run.total_steps, cfg.optim.epochs, run.steps_per_epoch))
+            run.recorder.record(metrics, run.trainee, position, run.dim, checkpoint=checkpoint)
+            window, started = [], time.perf_counter()
+        faults.inject(cfg, cfg.run_dir, run.world.rank, position.step, None, run.log)
+        if run.done:
+            break
+
+
+def end_epoch(run: TextWorkerRun) -> bool:
+    """Validate on the whole corpus (rank 0), keep the best, checkpoint; True when patience ran out."""
+    cfg, position = run.cfg, run.position
+    position.end_epoch()
+    metrics = {"step": position.step, "epoch": position.epoch}
+    if run.world.rank == 0:
+        started = time.perf_counter()
+        top = tower_top(run.trainee.served, run.table, run.val.inputs, VAL_TOP, run.world.device)
+        metrics.update({f"val/{k}": v for k, v in scores(top, run.val.grades).items()})
+        metrics["val_seconds"] = time.perf_counter() - started
+        metrics["eta_s"] = run.eta_s()
+        run.log(epoch_line(metrics, cfg.optim.epochs))
+        run.recorder.keep_best(metrics, run.trainee, position, run.dim)
+    run.recorder.record(metrics, run.trainee, position, run.dim, checkpoint=True, epoch_end=True)
+    spent = torch.tensor([int(0 < cfg.optim.patience <= position.since_best)])
+    if run.world.size > 1:
+        torch.distributed.broadcast(spent, src=0)
+    if spent.item():
+        run.log(f"train: early stop after epoch {position.epoch}: {cfg.best_metric} has not improved")
+    return bool(spent.item())
+
+
+def window_row(window: list[TextStepResult], position: Position, per_step: int, lr: float, started: float) -> dict:
+    elapsed = time.perf_counter() - started
+    return {
+        "step": position.step,
+        "epoch": position.epoch,
+        "train/loss": float(np.mean([r.loss for r in window])),
+        "train/in_batch_acc": float(np.mean([r.accuracy for r in window])),
+        "train/candidates": window[-1].candidates,
+        "train/negatives_per_query": window[-1].negatives_per_query,
+        "train/samples_per_s": len(window) * per_step / elapsed,
+        "lr": lr,
+    }
+
+
+class TextWorkerRun:
+    """One worker's set-up and position in a text run."""
+
+    def __init__(self, inputs: TextWorkerInputs) -> None:
+        import ray
+        import ray.train
+        import ray.train.torch
+
+        cfg = self.cfg = inputs.cfg
+        context = ray.train.get_context()
+        device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+        self.world = World(context.get_world_rank(), context.get_world_size(), device)
+        torch.set_num_threads(cfg.threads_per_worker)
+        self.table = torch.as_tensor(ray.get(inputs.table)).to(device)
+        if not cfg.tower.reads_tokens:
+            self.table = self.table.float()
+        self.val, self.steps_per_epoch = inputs.val, inputs.steps_per_epoch
+        self.total_steps = total_steps(cfg, inputs.steps_per_epoch)
+        self.trainee = build_text_trainee(cfg, int(self.table.shape[1]), device, self.world.size, self.total_steps)
+        self.console = Console(cfg.run.path / "train.log" if self.world.rank == 0 else None, _prefix(inputs.label))
+        self.data = ray.train.get_dataset_shard("train")
+        self.recorder = Recorder(cfg, self.world.rank, inputs.local, inputs.tune, self.log)
+        self.position = Position()
+        self._restore(ray.train.get_checkpoint(), inputs.resume)
+        workers = gather_workers(self.world.rank, self.world.size, cfg.threads_per_worker, int(cfg.use_gpu))
+        self.log(f"train: attempt {self.recorder.attempt}: {describe_workers(workers, cfg.placement)}")
+        self.recorder.started(self.position, workers)
+        self.began, self.first_step = time.perf_counter(), self.position.step
+
+    @property
+    def dim(self) -> int:
+        return int(self.table.shape[1])
+
+    @property
+    def done(self) -> bool:
+        return 0 < self.cfg.optim.max_steps <= self.position.step
+
+    def log(self, line: str) -> None:
+        if self.world.rank == 0:
+            self.console(line)
+
+    def eta_s(self) -> float:
+        left = eta(
+            time.perf_counter() - self.began, self.position.step - self.first_step, self.total_steps - self.first_step
+        )
+        return -1.0 if left is None else round(left, 1)
+
+    def batches(self) -> Iterator[tuple[tuple, bool]]:
+        """This epoch's batches, skipping those trained on before a resume, each with its is-last flag."""
+        shuffle = self.cfg.data.shuffle_buffer
+        it = self.data.iter_torch_batches(
+            batch_size=self.cfg.data.batch_size,
+            drop_last=True,
+            prefetch_batches=self.cfg.data.prefetch_batches,
+            local_shuffle_buffer_size=shuffle or None,
+            local_shuffle_seed=self.cfg.seed + 1000 * self.position.epoch + self.world.rank if shuffle else None,
+            collate_fn=TextCollate(),
+        )
+        for i, (batch, last) in enumerate(flag_last(it)):
+            if i >= self.position.batch_in_epoch:
+                yield batch, last
+
+    def _restore(self, reported, resume: str | None) -> None:
+        if reported is None and resume is None:
+            return
+        run = self.cfg.run
+        tries = (
+            checkpoints.remote_newest_first(run.remote, run.path) if run.remote else iter(checkpoints.found(run.path))
+        )
+        readable = checkpoints.first_readable(tries, self.log, self.world.device)
+        if readable:
+            folder, (weights, state, _) = readable
+            self.trainee.load(weights, state)
+            self.position = Position.from_state(state)
+            checkpoints.set_rng_state(state["rng"])
+            self.log(f"train: resumed from {folder.name} at step {self.position.step} (epoch {self.position.epoch})")
+
+
+def build_text_trainee(cfg: TextTrainConfig, width: int, device, world_size: int, steps: int) -> Trainee:
+    """Seeded text towers, AdamW with warm-up then cosine decay, the EMA copy if asked, DDP with several workers."""
+    import ray.train.torch
+
+    torch.manual_seed(cfg.seed)
+    model = build_text_tower(cfg.tower, width).to(device)
+    net = ray.train.torch.prepare_model(model) if world_size > 1 else model
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.optim.warmup_steps, steps))
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.optim.ema else None
+    return Trainee(model, net, opt, sched, ema)
+
+
+def _prefix(label: str) -> str:
+    return f"[{label}] " if label else ""
+
+
+def step_line(m: dict, position: Position, total: int, epochs: int, per_epoch: int) -> str:
+    left = f"ETA {duration(m['eta_s'])}" if m["eta_s"] >= 0 else "ETA ?"
+    return (
+        f"step {position.step}/{total} (epoch {position.epoch + 1}/{epochs}, batch {position.batch_in_epoch}/"
+        f"{per_epoch})  loss {m['train/loss']:.4f}  in-batch acc {m['train/in_batch_acc']:.3f}  lr {m['lr']:.2e}  "
+        f"{m['train/samples_per_s']:,.0f} samples/s  {left}"
+    )
+
+
+def epoch_line(m: dict, epochs: int) -> str:
+    left = f", ETA {duration(m['eta_s'])}" if m.get("eta_s", -1) >= 0 else ""
+    return (
+        f"epoch {m['epoch']}/{epochs}  step {m['step']}  val full-corpus R@10 {m['val/R@10']:.4f}  R@100 "
+        f"{m['val/R@100']:.4f}  MRR@10 {m['val/MRR@10']:.4f}  NDCG@10 {m['val/NDCG@10']:.4f}; validation took "
+        f"{duration(m['val_seconds'])}{left}"
+    )
