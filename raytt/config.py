@@ -46,25 +46,27 @@ def parse_yaml(text: str):
 
 def load(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
     """Build `cls` from an optional YAML file plus `key=value` overrides (dotted keys for sections)."""
-    data: dict[str, Any] = {}
-    where = "defaults"
-    if path is not None:
-        where = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
-        try:
-            loaded = parse_yaml(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded or {}
+    data: dict[str, Any] = read_mapping(path) if path is not None else {}
+    where = str(path) if path is not None else "defaults"
     for item in overrides or []:
         apply_override(data, item)
         where = f"{where} + overrides"
     return from_dict(cls, data, where)
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's top-level mapping, with a clear error for a missing file, bad YAML or a non-mapping."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    try:
+        loaded = parse_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+    return loaded or {}
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

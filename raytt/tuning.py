@@ -165,16 +165,31 @@ def set_dotted(data: dict, key: str, value) -> None:
     node[last] = value
 
 
+def is_text(data: dict) -> bool:
+    """A training config mapping of a text run (its data names a built text set) rather than a vector run."""
+    return "built" in (data.get("data") or {})
+
+
+def train_class(data: dict) -> type:
+    from raytt.text.config import TextTrainConfig
+
+    return TextTrainConfig if is_text(data) else TrainConfig
+
+
 def base_config(search: SearchConfig) -> dict:
     """The base training config as a plain mapping (relative paths resolved on the driver)."""
+    from raytt.text.train import absolute
+
     train = shipped.resolve(search.train)
-    return config.to_dict(absolute_paths(config.load(TrainConfig, train, list(search.overrides))))
+    cls = train_class(config.read_mapping(train))
+    cfg = config.load(cls, train, list(search.overrides))
+    return config.to_dict(absolute(cfg) if cls is not TrainConfig else absolute_paths(cfg))
 
 
 def trial_config(base: dict, params: dict, storage: str | Path, name: str) -> TrainConfig:
     """A trial's full training config: the base, the trial's parameters, its own run directory."""
     data = {**with_params(base, params), "name": name, "storage": str(storage)}
-    return config.from_dict(TrainConfig, data, f"trial {name} (params {params})")
+    return config.from_dict(train_class(base), data, f"trial {name} (params {params})")
 
 
 def with_params(base: dict, params: dict) -> dict:
@@ -249,12 +264,21 @@ def run_trial(params: dict, shared: TrialInputs) -> None:
     with open(run.path / "starts.log", "a") as log:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} params={json.dumps(params, sort_keys=True)}\n")
     run.push()
-    trainer = make_trainer(
-        cfg, shared.inputs, shared.bank, shared.pool, find_resume(cfg), callbacks=[TuneReportCallback()], label=name
-    )
+    trainer = _trainer(cfg, shared, [TuneReportCallback()], name)
     result = trainer.fit()
     if result.error:
         raise result.error
+
+
+def _trainer(cfg, shared: TrialInputs, callbacks: list, label: str):
+    """A trial's TorchTrainer: a vector run's (shared bank and miners) or a text run's (shared passage table)."""
+    if is_text(shared.base):
+        from raytt.text.train import make_text_trainer
+
+        return make_text_trainer(cfg, shared.inputs, shared.bank, find_resume(cfg), callbacks, label)
+    return make_trainer(
+        cfg, shared.inputs, shared.bank, shared.pool, find_resume(cfg), callbacks=callbacks, label=label
+    )
 
 
 def tune(search: SearchConfig, resume: bool = False, progress=say) -> list[dict]:
@@ -288,14 +312,14 @@ def start_search(search: SearchConfig, run: RunDir, resume: bool, progress=say) 
         check_uri(run.remote)
     base = base_config(search)
     check_space(search, base)
-    base_cfg = config.from_dict(TrainConfig, base, search.train)
+    base_cfg = config.from_dict(train_class(base), base, search.train)
     mines = base_cfg.mining.curriculum.mines or any(
         trial_config(base, {k: v}, trials, "check").mining.curriculum.mines
         for k, p in search.space.items()
         if k.startswith("mining.")
         for v in p.values
     )
-    inputs = prepare(base_cfg, progress, check_run=False)
+    inputs = _prepare(base_cfg, progress)
     run.path.mkdir(parents=True, exist_ok=True)
     if not resume:
         config.dump(search, run.path / SEARCH_FILE)
@@ -307,12 +331,25 @@ def start_search(search: SearchConfig, run: RunDir, resume: bool, progress=say) 
         private_cpus=resource_request(base_cfg, trials=2, mines=mines).total("CPU"),
     )
     check_trial_resources(search, base, trials, mines)
+    os.environ.setdefault(FORCE_CLEANUP_ENV, str(FORCE_CLEANUP_S))
+    if is_text(base):
+        import ray
+
+        return TrialInputs(base, inputs, ray.put(inputs.table), None, trials), base_cfg
     if base_cfg.data.cache:  # read once here, before any trial: no trial then needs a free CPU to read
         inputs.dataset = train_dataset(base_cfg, inputs.files)
-    os.environ.setdefault(FORCE_CLEANUP_ENV, str(FORCE_CLEANUP_S))
     bank_ref = share_bank(inputs.bank)
     pool = start_pool(base_cfg, bank_ref, progress, force=mines)
     return TrialInputs(base, inputs, bank_ref, pool, trials), base_cfg
+
+
+def _prepare(cfg, progress):
+    """The data every trial shares, checked and read once on the search's driver."""
+    if is_text(config.to_dict(cfg)):
+        from raytt.text.train import prepare_text
+
+        return prepare_text(cfg, progress, check_run=False)
+    return prepare(cfg, progress, check_run=False)
 
 
 def make_tuner(

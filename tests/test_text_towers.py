@@ -284,3 +284,70 @@ def test_text_train_on_two_workers_then_text_eval_ranks_it_beside_the_baselines(
     assert report["queries"] == 20 and report["passages"] == 160
     assert all(0.0 <= r["val/NDCG@10"] <= 1.0 for r in epochs)
     assert "bag - frozen: R@1" in capsys.readouterr().out
+
+
+def test_a_finetuned_query_side_over_cached_passages_starts_as_the_frozen_encoder():
+    from raytt.corpus.embed import load
+
+    frozen = load("all-MiniLM-L6-v2")
+    texts = ["compress files into archives", "a chess engine"]
+    expected = torch.as_tensor(frozen.encode(texts, normalize_embeddings=True))
+    model = build_text_tower(TextTowerConfig(kind="finetune", passage="cached", max_query_tokens=32), width=384)
+    tokens = torch.as_tensor(tokenize(load_tokenizer("all-MiniLM-L6-v2"), texts, 32, special=True)).long()
+    assert torch.allclose(model.eval().queries(tokens), expected, atol=1e-5)
+    assert torch.allclose(model.passages(expected), expected, atol=1e-6), "the cached side's gate starts at 0"
+    with pytest.raises(ValueError, match="untied tower of kind bag or finetune"):
+        TextTowerConfig(kind="finetune", passage="cached", tied=True)
+
+
+def test_tune_searches_text_runs_on_full_corpus_ndcg(ray_local, tmp_path):
+    import yaml
+
+    from raytt.tuning import SearchConfig, tune
+
+    built = tiny_set(tmp_path)
+    base = tmp_path / "text.yaml"
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "workers": 1,
+                "tracking": [],
+                "checkpoint_every": 1000,
+                "data": {"built": built, "batch_size": 16},
+                "tower": {"kind": "bag", "projection_dim": 16},
+                "optim": {"epochs": 2, "warmup_steps": 1},
+            }
+        )
+    )
+    search = config.from_dict(
+        SearchConfig,
+        {
+            "name": "text",
+            "storage": str(tmp_path / "tune"),
+            "train": str(base),
+            "search": "grid",
+            "scheduler": "fifo",
+            "metric": "val/NDCG@10",
+            "space": {"loss.kind": {"kind": "grid", "values": ["infonce", "triplet"]}},
+        },
+    )
+    rows = tune(search, progress=lambda *_: None)
+    assert sorted(r["params"]["loss.kind"] for r in rows) == ["infonce", "triplet"]
+    assert all(r["epochs"] == 2 and 0.0 <= r["best"] <= 1.0 and not r["error"] for r in rows)
+    best = config.load(TextTrainConfig, search.run_dir / "best.yaml")
+    assert best.data.built == built and best.tower.kind == "bag"
+
+
+def test_hybrid_starts_ranking_as_the_frozen_encoder_and_shares_its_lexical_bag():
+    model = build_text_tower(TextTowerConfig(kind="hybrid"), width=384)
+    assert model.query_side.bag is model.passage_side.bag and model.passage_side.gate is None
+    vectors = torch.nn.functional.normalize(torch.randn(3, 384), dim=-1)
+    ids = _ids(["compress files", "edit text", "chess"], 8).float()
+    q, p = model.queries(torch.cat([vectors, ids], 1)), model.passages(torch.cat([vectors, ids], 1))
+    assert q.shape == p.shape == (3, 768)
+    assert torch.allclose((q @ p.T) * 2**0.5, vectors @ vectors.T, atol=1e-5), "gate 0: the frozen encoder's scores"
+    with torch.no_grad():
+        model.query_side.gate.fill_(1.0)
+    lexical = model.query_side.bag(ids.long())
+    q = model.queries(torch.cat([vectors, ids], 1))
+    assert torch.allclose((q @ p.T) * 2, vectors @ vectors.T + lexical @ lexical.T, atol=1e-5)

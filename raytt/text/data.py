@@ -46,19 +46,28 @@ def encoded_cache(cfg: TextTrainConfig, shards: TextShards) -> Encoded:
 
 
 def passage_table(cfg: TextTrainConfig, shards: TextShards, encoded: Encoded | None) -> np.ndarray:
-    """Every passage as the passage side reads it, by key: cached vectors (adapter) or token ids."""
-    if not cfg.tower.reads_tokens:
-        return np.ascontiguousarray(encoded.passages(), dtype=np.float32)
-    tokenizer = load_tokenizer(cfg.tower.encoder)
-    return tokenize(tokenizer, shards.passage_texts(), cfg.tower.max_passage_tokens, special=_special(cfg))
+    """Every passage as the passage side reads it, by key: cached vectors, token ids, or both (hybrid)."""
+    tower = cfg.tower
+    vectors = None if tower.passages_read_tokens else np.ascontiguousarray(encoded.passages(), dtype=np.float32)
+    if vectors is not None and not tower.packs_tokens:
+        return vectors
+    tokens = tokenize(load_tokenizer(tower.encoder), shards.passage_texts(), tower.max_passage_tokens, _special(cfg))
+    return tokens if vectors is None else packed(vectors, tokens)
 
 
 def query_inputs(cfg: TextTrainConfig, shards: TextShards, split: str, encoded: Encoded | None) -> np.ndarray:
     """A split's queries as the query side reads them, in the split file's row order."""
-    if not cfg.tower.reads_tokens:
-        return np.ascontiguousarray(encoded.queries(split), dtype=np.float32)
-    tokenizer = load_tokenizer(cfg.tower.encoder)
-    return tokenize(tokenizer, shards.query_texts(split), cfg.tower.max_query_tokens, special=_special(cfg))
+    tower = cfg.tower
+    vectors = None if tower.queries_read_tokens else np.ascontiguousarray(encoded.queries(split), dtype=np.float32)
+    if vectors is not None and not tower.packs_tokens:
+        return vectors
+    tokens = tokenize(load_tokenizer(tower.encoder), shards.query_texts(split), tower.max_query_tokens, _special(cfg))
+    return tokens if vectors is None else packed(vectors, tokens)
+
+
+def packed(vectors: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """A hybrid side's input: the cached vector, then the token ids as float32 (exact below 2**24)."""
+    return np.concatenate([vectors, tokens.astype(np.float32)], axis=1)
 
 
 def _special(cfg: TextTrainConfig) -> bool:
@@ -111,7 +120,7 @@ def train_dataset(cfg: TextTrainConfig, rows: pa.Table, query_vectors: np.ndarra
     import ray
 
     dataset = ray.data.from_arrow(rows)
-    if cfg.tower.reads_tokens:
+    if cfg.tower.queries_read_tokens:
         return dataset.map_batches(
             Tokenize,
             fn_constructor_kwargs={
@@ -123,7 +132,7 @@ def train_dataset(cfg: TextTrainConfig, rows: pa.Table, query_vectors: np.ndarra
             compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=0.5,
         ).materialize()
-    ref = ray.put(np.ascontiguousarray(query_vectors, dtype=np.float32))
+    ref = ray.put(np.ascontiguousarray(query_vectors, dtype=np.float32))  # vectors (adapter) or packed (hybrid)
     return dataset.map_batches(_attach_vectors, fn_kwargs={"vectors": ref}, batch_size=1024).materialize()
 
 
@@ -154,7 +163,7 @@ class TextCollate(NumpyBatchCollateFn):
 
 def describe_data(cfg: TextTrainConfig, shards: TextShards, rows: pa.Table, val: Judged, table: np.ndarray) -> str:
     """One line: what the run trains on and validates against."""
-    side = "cached vectors" if not cfg.tower.reads_tokens else "token ids"
+    side = "token ids" if cfg.tower.passages_read_tokens else "cached vectors"
     negatives = rows.schema.field("negatives").type.list_size if "negatives" in rows.column_names else 0
     return (
         f"text-train: {Path(shards.root).name}: {rows.num_rows:,} (query, positive) rows from "

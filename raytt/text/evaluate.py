@@ -98,7 +98,7 @@ def run_rankings(data: EvalSet, split: str, run: Path, progress: Progress) -> di
         )
     cfg = config.load(TextTrainConfig, run / "config.yaml")
     model, meta = load_text_model(run / "best")
-    encoded = None if cfg.tower.reads_tokens else cache_of(cfg, data.shards)
+    encoded = cache_of(cfg, data.shards) if cfg.tower.reads_cache else None
     table = passage_table(cfg, data.shards, encoded)
     queries = query_inputs(cfg, data.shards, split, encoded)[data.rows]
     torch.manual_seed(cfg.seed)

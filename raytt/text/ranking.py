@@ -8,6 +8,7 @@ import torch
 
 from raytt.text.baselines import dense_top
 from raytt.text.metrics import METRICS, per_query
+from raytt.text.step import trimmed
 from raytt.text.towers import TextTwoTower
 
 ENCODE_BATCH = 512
@@ -25,7 +26,7 @@ def encode_side(model: TextTwoTower, inputs: np.ndarray | torch.Tensor, side: st
             if not torch.is_tensor(inputs)
             else inputs[start : start + ENCODE_BATCH]
         )
-        out.append(encode(x.to(device)).float().cpu().numpy())
+        out.append(encode(trimmed(x.to(device))).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
 
 

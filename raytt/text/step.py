@@ -36,15 +36,24 @@ class TextStepResult:
 
 
 def on_device(table: torch.Tensor, queries, positive_keys, negative_keys, device) -> TextBatch:
-    """Look the passages up by key in the passage table (already on `device`)."""
-    queries, positive_keys = queries.to(device), positive_keys.to(device)
+    """Look the passages up by key in the passage table (already on `device`); token ids lose the padding
+    columns no row of the batch uses (encoders mask padding, so only the work changes)."""
+    queries, positive_keys = trimmed(queries.to(device)), positive_keys.to(device)
     negatives = None
     if negative_keys is not None and negative_keys.shape[1] > 0:
         negative_keys = negative_keys.to(device)
-        negatives = table[negative_keys.clamp_min(0)]
+        negatives = trimmed(table[negative_keys.clamp_min(0)])
     else:
         negative_keys = None
-    return TextBatch(queries, table[positive_keys], positive_keys, negatives, negative_keys)
+    return TextBatch(queries, trimmed(table[positive_keys]), positive_keys, negatives, negative_keys)
+
+
+def trimmed(x: torch.Tensor) -> torch.Tensor:
+    """Token ids [..., L] cut after the last column any row uses; vectors (floating point) unchanged."""
+    if x.is_floating_point() or x.numel() == 0:
+        return x
+    used = (x > 0).flatten(0, -2).any(0).nonzero()
+    return x[..., : int(used.max()) + 1] if len(used) else x[..., :1]
 
 
 def gather_with_grad(x: torch.Tensor, world: World) -> torch.Tensor:

@@ -27,6 +27,7 @@ from raytt.text.data import (
     encoded_cache,
     judged,
     passage_table,
+    query_inputs,
     train_dataset,
     train_rows,
 )
@@ -56,8 +57,9 @@ class TextPrepared:
 
     table: np.ndarray  # passages by key: token ids or cached vectors
     rows: object  # pyarrow Table of train rows
-    query_vectors: np.ndarray | None  # adapter: the train queries' cached vectors by row
+    query_vectors: np.ndarray | None  # adapter, hybrid: the train queries' inputs by row
     val: Judged
+    width: int  # the cached vectors' width (0 when no side reads them): what an adapter is built for
 
     def steps_per_epoch(self, cfg: TextTrainConfig) -> int:
         return self.rows.num_rows // (cfg.data.batch_size * max(1, cfg.workers))
@@ -85,7 +87,7 @@ def check_same_run(cfg: TextTrainConfig) -> None:
         )
 
 
-def prepare_text(cfg: TextTrainConfig, progress: Progress = say) -> TextPrepared:
+def prepare_text(cfg: TextTrainConfig, progress: Progress = say, check_run: bool = True) -> TextPrepared:
     """Driver-side checks and inputs, before Ray starts any worker."""
     shards = open_text(cfg.data.built)
     for split in ("train", "dev"):
@@ -93,7 +95,7 @@ def prepare_text(cfg: TextTrainConfig, progress: Progress = say) -> TextPrepared
             raise RayttError(
                 f"{shards.root / 'queries'}: no {split!r} queries; a run trains on train and validates on dev"
             )
-    needs_cache = not cfg.tower.reads_tokens or cfg.data.mined_negatives
+    needs_cache = cfg.tower.reads_cache or cfg.data.mined_negatives
     encoded: Encoded | None = encoded_cache(cfg, shards) if needs_cache else None
     mined = mine_from_frozen(cfg, shards, encoded, progress) if cfg.data.mined_negatives else None
     rows = train_rows(cfg, shards, mined)
@@ -102,10 +104,12 @@ def prepare_text(cfg: TextTrainConfig, progress: Progress = say) -> TextPrepared
         raise RayttError(f"{cfg.data.built}: {rows.num_rows} train rows, fewer than one step of {per_step}")
     table = passage_table(cfg, shards, encoded)
     val = judged(cfg, shards, "dev", encoded, cfg.val_queries)
-    check_same_run(cfg)
+    if check_run:
+        check_same_run(cfg)
     progress(describe_data(cfg, shards, rows, val, table))
-    query_vectors = None if cfg.tower.reads_tokens else np.asarray(encoded.queries("train"), np.float32)
-    return TextPrepared(table, rows, query_vectors, val)
+    query_vectors = None if cfg.tower.queries_read_tokens else query_inputs(cfg, shards, "train", encoded)
+    width = int(encoded.passages().shape[1]) if cfg.tower.reads_cache else 0
+    return TextPrepared(table, rows, query_vectors, val, width)
 
 
 def train_text(cfg: TextTrainConfig, progress: Progress = say) -> dict:
@@ -155,6 +159,7 @@ def make_text_trainer(
         cfg,
         table_ref,
         prepared.val,
+        prepared.width,
         prepared.steps_per_epoch(cfg),
         str(resume) if resume else None,
         tune=bool(label),

@@ -37,6 +37,7 @@ class TextWorkerInputs:
     cfg: TextTrainConfig
     table: object  # ObjectRef of the passage table: token ids [N, L] or cached vectors [N, D]
     val: Judged
+    width: int  # the cached vectors' width (adapter, hybrid, cached passages); 0 = none read
     steps_per_epoch: int
     resume: str | None = None
     tune: bool = False
@@ -126,11 +127,12 @@ class TextWorkerRun:
         self.world = World(context.get_world_rank(), context.get_world_size(), device)
         torch.set_num_threads(cfg.threads_per_worker)
         self.table = torch.as_tensor(ray.get(inputs.table)).to(device)
-        if not cfg.tower.reads_tokens:
+        if not cfg.tower.passages_read_tokens:
             self.table = self.table.float()
         self.val, self.steps_per_epoch = inputs.val, inputs.steps_per_epoch
         self.total_steps = total_steps(cfg, inputs.steps_per_epoch)
-        self.trainee = build_text_trainee(cfg, int(self.table.shape[1]), device, self.world.size, self.total_steps)
+        self.width = inputs.width
+        self.trainee = build_text_trainee(cfg, self.width, device, self.world.size, self.total_steps)
         self.console = Console(cfg.run.path / "train.log" if self.world.rank == 0 else None, _prefix(inputs.label))
         self.data = ray.train.get_dataset_shard("train")
         self.recorder = Recorder(cfg, self.world.rank, inputs.local, inputs.tune, self.log)
@@ -143,7 +145,8 @@ class TextWorkerRun:
 
     @property
     def dim(self) -> int:
-        return int(self.table.shape[1])
+        """What a checkpoint's meta records as `dim`: the width the towers were built for."""
+        return self.width
 
     @property
     def done(self) -> bool:
