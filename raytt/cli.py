@@ -116,6 +116,13 @@ def add_text_commands(sub) -> None:
     p.add_argument("--min-train-queries", type=int, default=1000, help="refuse fewer judged training queries")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
+    p = sub.add_parser("text-import", help="pairs JSONL or MS MARCO (Hugging Face datasets) as a BEIR folder")
+    p.add_argument("kind", choices=["pairs", "msmarco"], help="what SOURCE is")
+    p.add_argument("source", nargs="?", default="", help="pairs: a JSONL file; msmarco: a datasets name or folder")
+    p.add_argument("--out", type=Path, required=True, help="the BEIR folder to write")
+    p.add_argument("--config", default="v1.1", help="msmarco: the dataset config")
+    p.add_argument("--limit", type=int, default=0, help="msmarco: at most this many queries per split (0 = all)")
+
     p = sub.add_parser("text-encode", help="a frozen encoder's vectors of every passage and query, cached once")
     p.add_argument("built", type=Path, help="a folder written by raytt text-build")
     p.add_argument("--embedder", default="all-MiniLM-L6-v2", help="a sentence-transformers name or path")
@@ -244,6 +251,7 @@ HANDLERS = {
     "eval": lambda a: commands.evaluate(a.run, a.shards, a.bank, a.checkpoint, a.split, a.out, a.max_queries, a.device),
     "compare": lambda a: commands.compare(a.runs, a.view),
     "text-build": lambda a: commands.text_build(a.folder, a.out, a.min_train_queries, a.overwrite),
+    "text-import": lambda a: commands.text_import(a.kind, a.source, a.out, a.config, a.limit),
     "text-encode": lambda a: commands.text_encode(
         a.built, a.embedder, a.max_seq_length, a.batch_size, a.actors, a.actor_cpus, a.overwrite
     ),

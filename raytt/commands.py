@@ -319,6 +319,20 @@ def text_build(folder, out, min_train_queries: int = 1000, overwrite: bool = Fal
     return build_text(folder, out, TextBuildConfig(min_train_queries), overwrite, progress)
 
 
+def text_import(kind: str, source: str, out, config: str = "v1.1", limit: int = 0, progress: Progress = say) -> Path:
+    """A pairs JSONL file or MS MARCO (through `datasets`) written as a BEIR folder; see `raytt.text.pairs`."""
+    from raytt.text.beir import write_beir
+    from raytt.text.pairs import MSMARCO, msmarco_set, read_pairs
+
+    if kind == "pairs" and not source:
+        raise RayttError("text-import pairs: give the JSONL file")
+    data = read_pairs(source) if kind == "pairs" else msmarco_set(source or MSMARCO, config, limit)
+    folder = write_beir(out, data)
+    splits = ", ".join(f"{s} {len(q):,}" for s, q in data.qrels.items())
+    progress(f"text-import: {folder}: {len(data.passages):,} passages, {len(data.queries):,} queries ({splits})")
+    return folder
+
+
 def text_encode(
     built,
     embedder: str,

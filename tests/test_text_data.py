@@ -271,3 +271,58 @@ def test_text_build_refuses_a_negative_minimum(tmp_path, capsys):
         main(["text-build", str(folder), "--out", str(tmp_path / "built"), "--min-train-queries", "-1"])
     assert ended.value.code == 2 and "--min-train-queries must be >= 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "built").exists()
+
+
+def test_text_import_writes_msmarco_train_and_validation_as_a_beir_folder(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "ms_marco"
+    folder.mkdir()
+    datasets.Dataset.from_list([_msmarco_row(i, [1, 0]) for i in range(6)]).to_parquet(
+        str(folder / "train-00000-of-00001.parquet")
+    )
+    datasets.Dataset.from_list([_msmarco_row(i, [0, 1]) for i in range(6, 40)]).to_parquet(
+        str(folder / "validation-00000-of-00001.parquet")
+    )
+    with pytest.raises(SystemExit) as ended:
+        main(["text-import", "msmarco", str(folder), "--config", "", "--out", str(tmp_path / "beir")])
+    assert ended.value.code == 0, capsys.readouterr().err
+    data = read_beir(tmp_path / "beir")
+    assert len(data.qrels["train"]) == 6 and len(data.qrels["dev"]) + len(data.qrels["test"]) == 34
+    assert data.qrels["dev"] and data.qrels["test"], "the validation split is halved into dev and test"
+    assert "text-import:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as ended:
+        main(["text-import", "pairs", "--out", str(tmp_path / "p")])
+    assert ended.value.code == 2 and "give the JSONL file" in capsys.readouterr().err
+
+
+def _brute_bm25(passages: list[str], query: str, k1: float = 1.5, b: float = 0.75) -> np.ndarray:
+    """Lucene BM25 written out: idf = ln(1 + (N - df + 0.5) / (df + 0.5)), tf saturated, length-normalised."""
+    import re
+
+    docs = [re.findall(r"(?u)\b\w\w+\b", p.lower()) for p in passages]
+    avg = sum(map(len, docs)) / len(docs)
+    scores = np.zeros(len(docs))
+    for term in set(re.findall(r"(?u)\b\w\w+\b", query.lower())):
+        df = sum(term in d for d in docs)
+        idf = np.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+        for i, d in enumerate(docs):
+            tf = d.count(term)
+            scores[i] += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(d) / avg)) if tf else 0.0
+    return scores
+
+
+def test_bm25_and_dense_rankings_match_brute_force():
+    from raytt.text.baselines import bm25_top, dense_top
+
+    rng = np.random.default_rng(0)
+    words = [f"term{i}" for i in range(40)]
+    passages = [" ".join(rng.choice(words, rng.integers(5, 30))) for _ in range(60)]
+    queries = [" ".join(rng.choice(words, 3)) for _ in range(8)]
+    top = bm25_top(passages, queries, 10)
+    for query, ranked in zip(queries, top):
+        expected = _brute_bm25(passages, query)
+        np.testing.assert_allclose(np.sort(expected)[::-1][:10], expected[ranked], rtol=1e-4, atol=1e-4)
+    corpus, asked = rng.standard_normal((300, 16)).astype(np.float32), rng.standard_normal((5, 16)).astype(np.float32)
+    np.testing.assert_array_equal(dense_top(corpus, asked, 7), np.argsort(-(asked @ corpus.T), axis=1)[:, :7])

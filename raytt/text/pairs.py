@@ -66,24 +66,41 @@ def _text(value) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def from_msmarco(rows: Iterable[dict], split: str, limit: int = 0) -> BeirSet:
+def from_msmarco(rows: Iterable[dict], split: str, limit: int = 0, out: _Builder | None = None) -> BeirSet:
     """MS MARCO rows (the `datasets` schema) as a retrieval set of one split; queries without a selected passage
-    are left out, as MS MARCO's own evaluation does."""
-    out = _Builder()
+    are left out, as MS MARCO's own evaluation does. `split` "dev+test" halves the rows between dev and test
+    by query id; `out` adds them to a set being built."""
+    out = out or _Builder()
+    start = len(out.data.queries)
     for row in rows:
         passages = row["passages"]
         chosen = [t for t, s in zip(passages["passage_text"], passages["is_selected"]) if s]
         if not chosen:
             continue
         others = [t for t, s in zip(passages["passage_text"], passages["is_selected"]) if not s]
-        out.query(row["query"], chosen, others, str(row["query_id"]), split)
-        if limit and len(out.data.queries) >= limit:
+        group = str(row["query_id"])
+        out.query(
+            row["query"], chosen, others, group, split_of(group, (0.0, 0.5, 0.5)) if split == "dev+test" else split
+        )
+        if limit and len(out.data.queries) - start >= limit:
             break
     return out.data
 
 
-def load_msmarco(source: str = MSMARCO, config: str = "v1.1", split: str = "train", limit: int = 0) -> BeirSet:
-    """MS MARCO through `datasets.load_dataset`: the hub's dataset by default, or a local folder of its files."""
+def msmarco_set(source: str = MSMARCO, config: str = "v1.1", limit: int = 0) -> BeirSet:
+    """MS MARCO as one retrieval set: its train split for training, its validation split halved (by query id)
+    into dev and test (the official test split has no judgments)."""
+    out = _Builder()
+    load_msmarco(source, config, "train", limit, out)
+    load_msmarco(source, config, "validation", limit, out)
+    return out.data
+
+
+def load_msmarco(
+    source: str = MSMARCO, config: str = "v1.1", split: str = "train", limit: int = 0, out: _Builder | None = None
+) -> BeirSet:
+    """MS MARCO through `datasets.load_dataset`: the hub's dataset by default, or a local folder of its files;
+    the validation split becomes dev and test halves."""
     import datasets
 
     try:
@@ -93,4 +110,4 @@ def load_msmarco(source: str = MSMARCO, config: str = "v1.1", split: str = "trai
     names = set(rows.features) if rows.features else set()
     if names and not {"query", "query_id", "passages"} <= names:
         raise RayttError(f"msmarco: {source!r} has columns {sorted(names)}, not MS MARCO's query/query_id/passages")
-    return from_msmarco(rows, "dev" if split == "validation" else split, limit)
+    return from_msmarco(rows, "dev+test" if split == "validation" else split, limit, out)
