@@ -11,6 +11,7 @@ from raytt import config
 from raytt.corpus.config import IngestConfig
 from raytt.sequences import BuildConfig, open_shards
 from raytt.synthetic import SynthConfig
+from raytt.text.config import TextTrainConfig
 from raytt.training.config import TrainConfig
 from raytt.tuning import SearchConfig
 
@@ -23,6 +24,7 @@ KINDS = {
     "pydocs": TrainConfig,
     "tune": SearchConfig,
     "ingest": IngestConfig,
+    "text": TextTrainConfig,
 }
 
 
