@@ -345,7 +345,9 @@ def start_search(search: SearchConfig, run: RunDir, resume: bool, progress=say) 
 
 def _prepare(cfg, progress):
     """The data every trial shares, checked and read once on the search's driver."""
-    if is_text(config.to_dict(cfg)):
+    from raytt.text.config import TextTrainConfig
+
+    if isinstance(cfg, TextTrainConfig):
         from raytt.text.train import prepare_text
 
         return prepare_text(cfg, progress, check_run=False)

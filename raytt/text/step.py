@@ -12,8 +12,8 @@ import torch.distributed as dist
 
 from raytt.losses.objective import Batch, in_batch_accuracy, objective
 from raytt.text.config import TextTrainConfig
-from raytt.training.setup import Trainee, ema_update
-from raytt.training.step import World
+from raytt.training.setup import Trainee
+from raytt.training.step import World, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,7 @@ def text_step(trainee: Trainee, batch: TextBatch, cfg: TextTrainConfig, world: W
         loss = objective(cfg.loss, view)
         trainee.opt.zero_grad(set_to_none=True)
         loss.backward()
-    if cfg.optim.grad_clip:
-        torch.nn.utils.clip_grad_norm_(trainee.model.parameters(), cfg.optim.grad_clip)
-    trainee.opt.step()
-    trainee.sched.step()
-    if trainee.ema is not None:
-        ema_update(trainee.ema, trainee.model, cfg.optim.ema)
+    optimizer_step(trainee, cfg)
     extra = float((batch.negative_keys >= 0).sum()) / len(batch.positive_keys) if batch.negative_keys is not None else 0
     return TextStepResult(float(loss.detach()), in_batch_accuracy(view), len(view.candidate_keys), extra)
 

@@ -40,6 +40,7 @@ from raytt.training.driver import (
     _kept,
     _restored_sigint,
     _summary,
+    check_same_run,
     failure,
     find_resume,
     join_ray,
@@ -48,7 +49,6 @@ from raytt.training.driver import (
 )
 
 Progress = Callable[[str], None]
-SAME_RUN_FIELDS = ("tower", "loss", "data")
 
 
 @dataclass
@@ -72,19 +72,6 @@ def absolute(cfg: TextTrainConfig) -> TextTrainConfig:
     data = dataclasses.replace(cfg.data, built=str(Path(cfg.data.built).resolve()))
     storage = cfg.storage if cfg.remote else str(Path(cfg.storage).resolve())
     return dataclasses.replace(cfg, data=data, storage=storage)
-
-
-def check_same_run(cfg: TextTrainConfig) -> None:
-    """Re-running a name resumes it: refuse if the towers, loss or data differ."""
-    path = cfg.run.config
-    if not path.is_file():
-        return
-    before = config.to_dict(config.load(TextTrainConfig, path))
-    changed = [k for k in SAME_RUN_FIELDS if before[k] != config.to_dict(cfg)[k]]
-    if changed:
-        raise ConfigError(
-            f"{path}: run {cfg.name!r} exists with different {changed}; resume it unchanged or pick another --name"
-        )
 
 
 def prepare_text(cfg: TextTrainConfig, progress: Progress = say, check_run: bool = True) -> TextPrepared:

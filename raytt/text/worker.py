@@ -4,7 +4,6 @@ validation at each epoch end, checkpoints, best/, resume), with text batches and
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raytt import checkpoints
 from raytt.placement import describe_workers, gather_workers
 from raytt.progress import Console, duration, eta
 from raytt.text.config import TextTrainConfig
@@ -24,8 +22,9 @@ from raytt.training import faults
 from raytt.training.data import flag_last
 from raytt.training.position import Position
 from raytt.training.recorder import Recorder
-from raytt.training.setup import Trainee, lr_factor, total_steps
+from raytt.training.setup import Trainee, total_steps, trainee_for
 from raytt.training.step import World
+from raytt.training.worker import patience_spent, restore, step_line
 
 VAL_TOP = 100
 
@@ -91,12 +90,10 @@ def end_epoch(run: TextWorkerRun) -> bool:
         run.log(epoch_line(metrics, cfg.optim.epochs))
         run.recorder.keep_best(metrics, run.trainee, position, run.dim)
     run.recorder.record(metrics, run.trainee, position, run.dim, checkpoint=True, epoch_end=True)
-    spent = torch.tensor([int(0 < cfg.optim.patience <= position.since_best)])
-    if run.world.size > 1:
-        torch.distributed.broadcast(spent, src=0)
-    if spent.item():
+    spent = patience_spent(cfg, position, run.world)
+    if spent:
         run.log(f"train: early stop after epoch {position.epoch}: {cfg.best_metric} has not improved")
-    return bool(spent.item())
+    return spent
 
 
 def window_row(window: list[TextStepResult], position: Position, per_step: int, lr: float, started: float) -> dict:
@@ -178,47 +175,18 @@ class TextWorkerRun:
                 yield batch, last
 
     def _restore(self, reported, resume: str | None) -> None:
-        if reported is None and resume is None:
-            return
-        run = self.cfg.run
-        tries = (
-            checkpoints.remote_newest_first(run.remote, run.path) if run.remote else iter(checkpoints.found(run.path))
-        )
-        readable = checkpoints.first_readable(tries, self.log, self.world.device)
-        if readable:
-            folder, (weights, state, _) = readable
-            self.trainee.load(weights, state)
-            self.position = Position.from_state(state)
-            checkpoints.set_rng_state(state["rng"])
-            self.log(f"train: resumed from {folder.name} at step {self.position.step} (epoch {self.position.epoch})")
+        """Continue from the run's newest readable checkpoint (the vector loop's `restore`)."""
+        self.position = restore(self.cfg, self.trainee, reported, resume, self.log, self.world.device) or self.position
 
 
 def build_text_trainee(cfg: TextTrainConfig, width: int, device, world_size: int, steps: int) -> Trainee:
-    """Seeded text towers, AdamW with warm-up then cosine decay, the EMA copy if asked, DDP with several workers."""
-    import ray.train.torch
-
+    """Seeded text towers, trained as the vector towers are (`trainee_for`)."""
     torch.manual_seed(cfg.seed)
-    model = build_text_tower(cfg.tower, width).to(device)
-    net = ray.train.torch.prepare_model(model) if world_size > 1 else model
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.optim.warmup_steps, steps))
-    ema = copy.deepcopy(model).requires_grad_(False) if cfg.optim.ema else None
-    return Trainee(model, net, opt, sched, ema)
+    return trainee_for(build_text_tower(cfg.tower, width).to(device), cfg, world_size, steps)
 
 
 def _prefix(label: str) -> str:
     return f"[{label}] " if label else ""
-
-
-def step_line(m: dict, position: Position, total: int, epochs: int, per_epoch: int) -> str:
-    left = f"ETA {duration(m['eta_s'])}" if m["eta_s"] >= 0 else "ETA ?"
-    return (
-        f"step {position.step}/{total} (epoch {position.epoch + 1}/{epochs}, batch {position.batch_in_epoch}/"
-        f"{per_epoch})  loss {m['train/loss']:.4f}  in-batch acc {m['train/in_batch_acc']:.3f}  lr {m['lr']:.2e}  "
-        f"{m['train/samples_per_s']:,.0f} samples/s  {left}"
-    )
 
 
 def epoch_line(m: dict, epochs: int) -> str:

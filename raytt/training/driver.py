@@ -71,7 +71,7 @@ def check_same_run(cfg: TrainConfig) -> None:
     path = cfg.run.config
     if not path.is_file():
         return
-    before = config.to_dict(config.load(TrainConfig, path))
+    before = config.to_dict(config.load(type(cfg), path))
     now = config.to_dict(cfg)
     changed = [k for k in SAME_RUN_FIELDS if before[k] != now[k]]
     if changed:

@@ -56,10 +56,15 @@ class Trainee:
 
 def build_trainee(cfg: TrainConfig, dim: int, device: torch.device, world_size: int, total_steps: int) -> Trainee:
     """Seeded model, AdamW with warm-up then cosine decay over `total_steps`, and the EMA copy if asked."""
+    torch.manual_seed(cfg.seed)
+    return trainee_for(TwoTower(cfg.tower, dim).to(device), cfg, world_size, total_steps)
+
+
+def trainee_for(model: torch.nn.Module, cfg: TrainConfig, world_size: int, total_steps: int) -> Trainee:
+    """What trains `model` (any two-tower with a `trainable` flag): DDP with several workers, AdamW over its
+    trainable parameters, the LR schedule, the EMA copy if asked."""
     import ray.train.torch
 
-    torch.manual_seed(cfg.seed)
-    model = TwoTower(cfg.tower, dim).to(device)
     net = ray.train.torch.prepare_model(model) if world_size > 1 and model.trainable else model
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:

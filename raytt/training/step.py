@@ -51,15 +51,20 @@ def train_step(trainee: Trainee, bank: torch.Tensor, batch: StepBatch, cfg: Trai
     if trainee.trains:
         trainee.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainee.model.parameters(), cfg.optim.grad_clip)
-        trainee.opt.step()
-        trainee.sched.step()
-        if trainee.ema is not None:
-            ema_update(trainee.ema, trainee.model, cfg.optim.ema)
+        optimizer_step(trainee, cfg)
 
     extra = int((negative_keys >= 0).sum()) / len(target) if negative_keys is not None else 0.0
     return StepResult(float(loss.detach()), in_batch_accuracy(scored), len(candidate_keys), extra)
+
+
+def optimizer_step(trainee: Trainee, cfg: TrainConfig) -> None:
+    """After backward: clip the gradient norm, step the optimizer and the schedule, update the EMA copy."""
+    if cfg.optim.grad_clip:
+        torch.nn.utils.clip_grad_norm_(trainee.model.parameters(), cfg.optim.grad_clip)
+    trainee.opt.step()
+    trainee.sched.step()
+    if trainee.ema is not None:
+        ema_update(trainee.ema, trainee.model, cfg.optim.ema)
 
 
 def all_positives(positives: torch.Tensor, target: torch.Tensor, world: World):

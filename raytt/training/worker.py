@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -194,31 +193,8 @@ class WorkerRun:
         return -1.0 if left is None else round(left, 1)
 
     def _restore(self, reported, resume: str | None) -> None:
-        """Continue from the run's newest readable checkpoint after a worker failure (`reported`) or on re-run.
-
-        The run's own checkpoints are searched, not only the one Ray hands back: a worker that dies
-        right after persisting a checkpoint can die before Ray's controller has registered it, and Ray
-        would resume from the one before. An unreadable checkpoint is skipped, with a warning.
-        """
-        if reported is None and resume is None:
-            return
-        run = self.cfg.run
-        tries = (
-            checkpoints.remote_newest_first(run.remote, run.path) if run.remote else iter(checkpoints.found(run.path))
-        )
-        readable = checkpoints.first_readable(tries, self.log, self.world.device)
-        if readable:
-            self._apply(*readable)
-
-    def _apply(self, folder: Path, contents: tuple[dict, dict, dict]) -> None:
-        weights, state, _ = contents
-        self.trainee.load(weights, state)
-        self.position = Position.from_state(state)
-        checkpoints.set_rng_state(state["rng"])
-        self.log(
-            f"train: resumed from {folder.name} at step {self.position.step} (epoch {self.position.epoch}, "
-            f"batch {self.position.batch_in_epoch})"
-        )
+        """Continue from the run's newest readable checkpoint (see `restore`)."""
+        self.position = restore(self.cfg, self.trainee, reported, resume, self.log, self.world.device) or self.position
 
     def batches(self) -> Iterator[StepBatch]:
         """This epoch's batches with their mined and same-article negatives."""
@@ -247,11 +223,41 @@ class WorkerRun:
         return self.miner.epoch_metrics(reduce)
 
     def patience_spent(self) -> bool:
-        """Early stopping: rank 0's count of epochs without a better `best_metric`, agreed by every worker."""
-        spent = torch.tensor([int(0 < self.cfg.optim.patience <= self.position.since_best)])
-        if self.world.size > 1:
-            dist.broadcast(spent, src=0)
-        return bool(spent.item())
+        return patience_spent(self.cfg, self.position, self.world)
+
+
+def restore(cfg: TrainConfig, trainee, reported, resume: str | None, log, device) -> Position | None:
+    """Load the run's newest readable checkpoint into `trainee` after a worker failure (`reported`) or on re-run;
+    its `Position`, or None when there is nothing to resume.
+
+    The run's own checkpoints are searched, not only the one Ray hands back: a worker that dies
+    right after persisting a checkpoint can die before Ray's controller has registered it, and Ray
+    would resume from the one before. An unreadable checkpoint is skipped, with a warning.
+    """
+    if reported is None and resume is None:
+        return None
+    run = cfg.run
+    tries = checkpoints.remote_newest_first(run.remote, run.path) if run.remote else iter(checkpoints.found(run.path))
+    readable = checkpoints.first_readable(tries, log, device)
+    if not readable:
+        return None
+    folder, (weights, state, _) = readable
+    trainee.load(weights, state)
+    position = Position.from_state(state)
+    checkpoints.set_rng_state(state["rng"])
+    log(
+        f"train: resumed from {folder.name} at step {position.step} (epoch {position.epoch}, "
+        f"batch {position.batch_in_epoch})"
+    )
+    return position
+
+
+def patience_spent(cfg: TrainConfig, position: Position, world: World) -> bool:
+    """Early stopping: rank 0's count of epochs without a better `best_metric`, agreed by every worker."""
+    spent = torch.tensor([int(0 < cfg.optim.patience <= position.since_best)])
+    if world.size > 1:
+        dist.broadcast(spent, src=0)
+    return bool(spent.item())
 
 
 def step_line(m: dict, position: Position, total: int, epochs: int, per_epoch: int) -> str:
