@@ -352,3 +352,36 @@ def test_hybrid_starts_ranking_as_the_frozen_encoder_and_shares_its_lexical_bag(
     lexical = model.query_side.bag(ids.long())
     q = model.queries(torch.cat([vectors, ids], 1))
     assert torch.allclose((q @ p.T) * 2, vectors @ vectors.T + lexical @ lexical.T, atol=1e-5)
+
+
+def test_a_stale_or_mismatched_vector_cache_is_refused(tmp_path):
+    from raytt.storage import write_json
+    from raytt.text.encode import EncodeConfig, open_encoded
+
+    built = tiny_set(tmp_path)
+    shards = open_text(built)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    rows = {"passages": shards.passages, **{s: shards.rows(s) for s in shards.splits}}
+    write_json(cache / "manifest.json", {"embedder_id": "x", "bank_sha256": "0" * 64, "rows": rows})
+    with pytest.raises(RayttError, match="encoded from a bank with sha256 000000000000"):
+        open_encoded(cache, shards)
+    write_json(
+        cache / "manifest.json", {"embedder_id": "x", "bank_sha256": shards.bank_sha256, "rows": {**rows, "dev": 1}}
+    )
+    with pytest.raises(RayttError, match="row counts"):
+        open_encoded(cache, shards)
+    with pytest.raises(RayttError, match="--max-seq-length >= 8"):
+        EncodeConfig(max_seq_length=4)
+
+
+def test_train_layers_beyond_the_encoder_and_runs_on_a_beir_folder_are_refused(tiny_bert, tmp_path, capsys):
+    with pytest.raises(ValueError, match="the encoder has 2 layers"):
+        build_text_tower(TextTowerConfig(kind="finetune", encoder=tiny_bert, train_layers=3))
+    model = build_text_tower(TextTowerConfig(kind="finetune", encoder=tiny_bert, train_layers=1))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all("encoder.layer.1." in n for n in trained), "only the top layer trains"
+    tiny_set(tmp_path)
+    with pytest.raises(SystemExit) as ended:
+        main(["text-eval", str(tmp_path / "beir"), "--out", str(tmp_path / "e"), "--run", str(tmp_path / "r")])
+    assert ended.value.code == 2 and "needs a set built by raytt text-build" in capsys.readouterr().err

@@ -123,6 +123,8 @@ def evaluate(
     """Rank the split's queries with BM25, the frozen encoder and each run; write OUT/report.json (and each run's
     RUN/eval/SPLIT/report.json); return the report."""
     data = load_eval_set(folder, split, max_queries, seed)
+    if runs and data.shards is None:
+        raise RayttError("text-eval --run needs a set built by raytt text-build (its keys and caches), not a BEIR folder")
     progress(f"text-eval: {folder}: {len(data.queries):,} {split} queries against all {len(data.passages):,} passages")
     tops, seconds = {}, {}
     rankers = {
