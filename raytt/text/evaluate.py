@@ -124,7 +124,9 @@ def evaluate(
     RUN/eval/SPLIT/report.json); return the report."""
     data = load_eval_set(folder, split, max_queries, seed)
     if runs and data.shards is None:
-        raise RayttError("text-eval --run needs a set built by raytt text-build (its keys and caches), not a BEIR folder")
+        raise RayttError(
+            "text-eval --run needs a set built by raytt text-build (its keys and caches), not a BEIR folder"
+        )
     progress(f"text-eval: {folder}: {len(data.queries):,} {split} queries against all {len(data.passages):,} passages")
     tops, seconds = {}, {}
     rankers = {
