@@ -130,6 +130,9 @@ def add_text_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="texts per encoder call")
     p.add_argument("--actors", type=int, default=1, help="Ray Data encoder actors")
     p.add_argument("--actor-cpus", type=int, default=0, help="torch threads per actor (0 = cores / actors)")
+    p.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 where the CPU has it natively"
+    )
     p.add_argument("--overwrite", action="store_true", help="encode again even when the cache is up to date")
 
     p = sub.add_parser(
@@ -253,7 +256,7 @@ HANDLERS = {
     "text-build": lambda a: commands.text_build(a.folder, a.out, a.min_train_queries, a.overwrite),
     "text-import": lambda a: commands.text_import(a.kind, a.source, a.out, a.config, a.limit),
     "text-encode": lambda a: commands.text_encode(
-        a.built, a.embedder, a.max_seq_length, a.batch_size, a.actors, a.actor_cpus, a.overwrite
+        a.built, a.embedder, a.max_seq_length, a.batch_size, a.actors, a.actor_cpus, a.overwrite, a.precision
     ),
     "text-eval": lambda a: commands.text_eval(a.folder, a.split, a.out, a.embedder, a.max_queries, a.run),
     "demo": lambda a: commands.demo(a.out, num_vectors=a.num_vectors, train_config=shipped.resolve(a.train_config)),

@@ -341,12 +341,13 @@ def text_encode(
     actors: int,
     actor_cpus: int,
     overwrite: bool = False,
+    precision: str = "auto",
     progress: Progress = say,
 ) -> Path:
     """Cache a frozen encoder's passage and query vectors beside a built text set; see `raytt.text.encode`."""
     from raytt.text.encode import EncodeConfig, encode_set
 
-    cfg = EncodeConfig(embedder, max_seq_length, batch_size, actors, actor_cpus)
+    cfg = EncodeConfig(embedder, max_seq_length, batch_size, actors, actor_cpus, precision)
     return encode_set(built, cfg, overwrite, progress)
 
 

@@ -373,6 +373,23 @@ def test_a_stale_or_mismatched_vector_cache_is_refused(tmp_path):
         open_encoded(cache, shards)
     with pytest.raises(RayttError, match="--max-seq-length >= 8"):
         EncodeConfig(max_seq_length=4)
+    with pytest.raises(RayttError, match="--precision must be one of auto, fp32, bf16, got 'fp16'"):
+        EncodeConfig(precision="fp16")
+
+
+def test_bf16_encoder_vectors_match_fp32():
+    """What `--precision bf16` (auto on a CPU with native bf16) caches is the fp32 encoder's vectors to 1e-3."""
+    from raytt.corpus.embed import Encoder, resolved_precision
+
+    texts = {"text": np.array(["a tool to compress files", "the Linux kernel's documentation in HTML"] * 4)}
+    fp32 = np.stack(Encoder("all-MiniLM-L6-v2", "cpu", 4, 1, 64, "fp32")(dict(texts))["vector"])
+    bf16 = np.stack(Encoder("all-MiniLM-L6-v2", "cpu", 4, 1, 64, "bf16")(dict(texts))["vector"])
+    assert np.allclose(np.linalg.norm(bf16, axis=1), 1, atol=1e-3)
+    assert (fp32 * bf16).sum(1).min() > 0.999
+    assert not np.array_equal(fp32, bf16)  # bf16 really ran
+    assert resolved_precision("auto", "cpu") in ("fp32", "bf16")
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        resolved_precision("int8", "cpu")
 
 
 def test_train_layers_beyond_the_encoder_and_runs_on_a_beir_folder_are_refused(tiny_bert, tmp_path, capsys):

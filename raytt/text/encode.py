@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raytt.corpus.embed import Encoder, resolve
+from raytt.corpus.embed import PRECISIONS, Encoder, resolve, resolved_precision
 from raytt.errors import RayttError
 from raytt.progress import say
 from raytt.storage import atomic_dir, read_json, write_json
@@ -33,12 +33,15 @@ class EncodeConfig:
     batch_size: int = 64
     actors: int = 1
     actor_cpus: int = 0  # torch threads per actor (0 = every core / actors)
+    precision: str = "auto"  # auto: bf16 where this machine computes it natively, else fp32
 
     def __post_init__(self) -> None:
         if self.max_seq_length < 8 or self.batch_size < 1 or self.actors < 1 or self.actor_cpus < 0:
             raise RayttError(
                 "text-encode: need --max-seq-length >= 8, --batch-size >= 1, --actors >= 1, --actor-cpus >= 0"
             )
+        if self.precision not in PRECISIONS:
+            raise RayttError(f"text-encode: --precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def threads(self) -> int:
@@ -91,8 +94,11 @@ def open_encoded(folder: str | Path, shards: TextShards) -> Encoded:
     return Encoded(folder, manifest)
 
 
-def encode_texts(texts: list[str], cfg: EncodeConfig, what: str, progress: Callable[[str], None] = say) -> np.ndarray:
-    """Unit vectors of `texts` in order, computed by `cfg.actors` Ray Data encoder actors (fed shortest first)."""
+def encode_texts(
+    texts: list[str], cfg: EncodeConfig, precision: str, what: str, progress: Callable[[str], None] = say
+) -> np.ndarray:
+    """Unit vectors of `texts` in order, computed by `cfg.actors` Ray Data encoder actors (fed shortest first)
+    in `precision` (fp32 or bf16)."""
     import ray
 
     from raytt.session import start_ray
@@ -111,6 +117,7 @@ def encode_texts(texts: list[str], cfg: EncodeConfig, what: str, progress: Calla
             "batch_size": cfg.batch_size,
             "threads": cfg.threads,
             "max_seq_length": cfg.max_seq_length,
+            "precision": precision,
         },
         batch_size=cfg.batch_size * ROWS_PER_CALL,
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
@@ -148,11 +155,13 @@ def encode_set(
     dest = Path(built) / "encoded" / cache_name(embedder_id, cfg.max_seq_length)
     if (dest / "manifest.json").is_file() and not overwrite:
         open_encoded(dest, shards)
-        progress(f"text-encode: {dest} is up to date ({embedder_id}); --overwrite to encode again")
+        precision = read_json(dest / "manifest.json", "encoded-vectors manifest").get("precision", "fp32")
+        progress(f"text-encode: {dest} is up to date ({embedder_id}, {precision}); --overwrite to encode again")
         return dest
     parts = {"passages": shards.passage_texts(), **{s: shards.query_texts(s) for s in shards.splits}}
-    progress(f"text-encode: {', '.join(f'{len(t):,} {p}' for p, t in parts.items())} with {embedder_id}")
-    vectors = encode_texts([t for texts in parts.values() for t in texts], cfg, "texts", progress)
+    precision = resolved_precision(cfg.precision, "cpu")
+    progress(f"text-encode: {', '.join(f'{len(t):,} {p}' for p, t in parts.items())} with {embedder_id} ({precision})")
+    vectors = encode_texts([t for texts in parts.values() for t in texts], cfg, precision, "texts", progress)
     with atomic_dir(dest, overwrite=True) as tmp:
         (tmp / "queries").mkdir()
         start = 0
@@ -166,6 +175,7 @@ def encode_set(
                 "embedder": cfg.embedder,
                 "embedder_id": embedder_id,
                 "max_seq_length": cfg.max_seq_length,
+                "precision": precision,
                 "dim": int(vectors.shape[1]),
                 "bank_sha256": shards.bank_sha256,
                 "rows": {"passages": shards.passages, **{s: shards.rows(s) for s in shards.splits}},
