@@ -144,6 +144,9 @@ def add_text_commands(sub) -> None:
     p.add_argument("--embedder", default="all-MiniLM-L6-v2", help="the frozen encoder (a name or a path)")
     p.add_argument("--max-queries", type=int, default=0, help="evaluate a fixed random subset (0 = every query)")
     p.add_argument("--run", action="append", default=[], type=Path, help="a text-train run to rank too (repeatable)")
+    p.add_argument(
+        "--encode-actors", type=int, default=0, help="runs: Ray Data actors that encode the corpus (0 = in-process)"
+    )
 
     p = sub.add_parser("text-train", help="train a text two-tower with Ray Train (re-running a name resumes it)")
     p.add_argument(
@@ -258,7 +261,9 @@ HANDLERS = {
     "text-encode": lambda a: commands.text_encode(
         a.built, a.embedder, a.max_seq_length, a.batch_size, a.actors, a.actor_cpus, a.overwrite, a.precision
     ),
-    "text-eval": lambda a: commands.text_eval(a.folder, a.split, a.out, a.embedder, a.max_queries, a.run),
+    "text-eval": lambda a: commands.text_eval(
+        a.folder, a.split, a.out, a.embedder, a.max_queries, a.run, a.encode_actors
+    ),
     "demo": lambda a: commands.demo(a.out, num_vectors=a.num_vectors, train_config=shipped.resolve(a.train_config)),
     "config": _config,
     "configs": _configs,

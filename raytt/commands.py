@@ -352,12 +352,21 @@ def text_encode(
 
 
 def text_eval(
-    folder, split: str, out, embedder: str = "all-MiniLM-L6-v2", max_queries: int = 0, runs=(), progress: Progress = say
+    folder,
+    split: str,
+    out,
+    embedder: str = "all-MiniLM-L6-v2",
+    max_queries: int = 0,
+    runs=(),
+    encode_actors: int = 0,
+    progress: Progress = say,
 ) -> dict:
     """Full-corpus ranking of a text set's split by the baselines and trained runs; see `raytt.text.evaluate`."""
     from raytt.text.evaluate import evaluate
 
-    return evaluate(folder, split, out, embedder, max_queries, runs=list(runs), progress=progress)
+    return evaluate(
+        folder, split, out, embedder, max_queries, runs=list(runs), encode_actors=encode_actors, progress=progress
+    )
 
 
 def text_train(cfg, progress: Progress = say) -> dict:

@@ -226,7 +226,7 @@ def report_file(path: str | Path) -> Path:
     for candidate in (path, path / "report.json", path / "eval" / "test" / "report.json"):
         if candidate.is_file():
             return candidate
-    raise RayttError(f"{path}: no report.json here or under eval/test/ (run `raytt eval` first)")
+    raise RayttError(f"{path}: no report.json here or under eval/test/ (run `raytt eval` or `raytt text-eval` first)")
 
 
 def load(path: str | Path) -> dict:
@@ -257,6 +257,10 @@ def compare(paths: list[str | Path], view: str = "all") -> str:
         raise RayttError(f"compare: view must be one of {VIEWS}, got {view!r}")
     files = [report_file(p) for p in paths]
     reports = [(Path(p), read_json(f, "eval report", RayttError)) for p, f in zip(paths, files)]
+    if any("methods" in rep for _, rep in reports):
+        from raytt.text.compare import compare_text
+
+        return compare_text([(f.parent, rep) for f, (_, rep) in zip(files, reports)])
     rows = compare_rows(reports, view)
     shards = {(str(Path(rep["shards"]).resolve()), rep["split"], rep["queries"]) for _, rep in reports}
     note = "" if len(shards) == 1 else "\nwarning: the reports evaluate different shards/splits/query counts"

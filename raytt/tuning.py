@@ -319,6 +319,11 @@ def start_search(search: SearchConfig, run: RunDir, resume: bool, progress=say) 
         if k.startswith("mining.")
         for v in p.values
     )
+    if is_text(base) and mines:
+        raise ConfigError(
+            f"{search.train}: text trials cannot share a miner pool (each trial's passage side indexes differently); "
+            "search text runs with data.mined_negatives and mining.schedule empty"
+        )
     inputs = _prepare(base_cfg, progress)
     run.path.mkdir(parents=True, exist_ok=True)
     if not resume:

@@ -436,3 +436,24 @@ def test_client_bounds_requests_in_flight_and_falls_back(ray_local):
 def test_mining_config_refuses_bad_values(override, problem):
     with pytest.raises(ConfigError, match=_escape(problem)):
         config.load(TrainConfig, None, [f"mining.{override}"])
+
+
+def test_excluded_keys_and_near_ties_with_the_positive_are_dropped():
+    """A text query's other judged passages never come back, nor candidates above relative x its positive's score."""
+    rng = np.random.default_rng(4)
+    vectors = unit_rows(rng, 200, 16)
+    layout = BankLayout(np.arange(200), np.zeros(200, dtype=np.int64))  # each passage its own article
+    target, queries = np.array([3, 7]), vectors[[3, 7]] * 0.6 + unit_rows(rng, 2, 16) * 0.8
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    scores, keys = _brute(queries, vectors, 64)
+    exclude = np.stack([keys[0, :5], np.r_[keys[1, :2], -1, -1, -1]])  # the top candidates are "judged"
+    ceiling = 0.9 * np.einsum("bd,bd->b", queries, vectors[target])
+    cfg, stage = FilterConfig(fn_threshold=0.99, relative=0.9), Stage(0, 0, 8, -1.0, 1.0)
+    picked, stats = select(
+        scores, keys, target, np.zeros(2, np.int64), layout, vectors, stage, cfg, rng, exclude, ceiling
+    )
+    for row, (got, ex) in enumerate(zip(picked, exclude)):
+        got = got[got >= 0]
+        assert len(got) and not set(got.tolist()) & set(ex[ex >= 0].tolist()) and target[row] not in got
+        assert np.all(vectors[got] @ queries[row] <= ceiling[row] + 1e-6), "near-ties with the positive are dropped"
+    assert stats["target"] >= 5 + 2 and stats["relative"] > 0

@@ -22,6 +22,7 @@ from helpers import QUIET, SMALL
 from raytt import config
 from raytt.cli import main
 from raytt.synthetic import generate
+from raytt.text.beir import BeirSet, write_beir
 from raytt.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +158,17 @@ def _other_encoder_npz(ws: Workspace) -> Path:
     return ws.root / "loose.npz"
 
 
+def _beir(ws: Workspace, qrels: dict | None = None, groups: dict | None = None) -> Path:
+    """A two-query BEIR folder (q1 train, q2 test), with other test qrels or groups when a case needs them."""
+    data = BeirSet(
+        passages={"p1": ("", "first passage"), "p2": ("", "second passage")},
+        queries={"q1": "one", "q2": "two"},
+        groups=groups or {},
+        qrels={"train": {"q1": {"p1": 1}}, "test": {"q2": {"p2": 1}}, **(qrels or {})},
+    )
+    return write_beir(ws.root / "set", data)
+
+
 Case = tuple[str, Callable[[Workspace], list[str]], str]
 CASES: list[Case] = [
     (
@@ -275,6 +287,26 @@ CASES: list[Case] = [
         "ingest-no-documents",
         lambda ws: ["ingest", "--input", str(ws.write("docs/a.pdf", "x").parent), "--out", "b"],
         "no documents here",
+    ),
+    (
+        "text-qrels-unknown-passage",
+        lambda ws: ["text-build", str(_beir(ws, {"test": {"q2": {"p9": 1}}})), "--out", "built"],
+        "test.tsv:2: passage 'p9' is not in corpus.jsonl",
+    ),
+    (
+        "text-build-group-leak",
+        lambda ws: ["text-build", str(_beir(ws, groups={"q1": "g", "q2": "g"})), "--out", "built"],
+        "group 'g' is judged in both train and test",
+    ),
+    (
+        "text-train-not-built",
+        lambda ws: ["text-train", "--set", "data.built=nowhere", "--set", f"storage={ws.root / 'runs'}"],
+        "nowhere: not a built text set",
+    ),
+    (
+        "text-eval-run-on-beir",
+        lambda ws: ["text-eval", str(_beir(ws)), "--out", "ev", "--run", "runs/r"],
+        "text-eval --run needs a set built by raytt text-build",
     ),
 ]
 ON_SESSION_RAY: list[Case] = [

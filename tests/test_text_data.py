@@ -197,8 +197,8 @@ def test_graded_metrics_with_several_positives_match_hand_computed_values():
         per_query(top[:1], [{1: 0}], "R@2")
 
 
-def test_text_eval_ranks_the_whole_corpus_with_both_baselines(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _topics(tmp_path):
+    """120 passages on 3 topics, 3 test queries each with two graded positives, as a BEIR folder."""
     topics = ["compress files into archives", "edit text in a terminal", "play chess against the computer"]
     data = BeirSet()
     for i, topic in enumerate(topics * 40):
@@ -206,7 +206,12 @@ def test_text_eval_ranks_the_whole_corpus_with_both_baselines(tmp_path, monkeypa
     for i, topic in enumerate(topics):
         data.queries[f"q{i}"] = f"tool {i} to {topic}"
         data.qrels.setdefault("test", {})[f"q{i}"] = {f"p{i}": 2, f"p{i + 3}": 1}
-    folder = write_beir(tmp_path / "set", data)
+    return write_beir(tmp_path / "set", data)
+
+
+def test_text_eval_ranks_the_whole_corpus_with_both_baselines(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = _topics(tmp_path)
     with pytest.raises(SystemExit) as ended:
         main(["text-eval", str(folder), "--split", "test", "--out", str(tmp_path / "eval")])
     assert ended.value.code == 0
@@ -220,6 +225,28 @@ def test_text_eval_ranks_the_whole_corpus_with_both_baselines(tmp_path, monkeypa
         main(["text-eval", str(folder), "--split", "dev", "--out", str(tmp_path / "e2")])
     assert ended.value.code == 2 and not (tmp_path / "e2").exists()
     assert "no judged queries in split 'dev'" in capsys.readouterr().err
+
+
+def test_compare_tables_text_reports_and_pairs_only_the_same_queries(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = _topics(tmp_path)
+    for out, extra in (("e1", []), ("e2", ["--max-queries", "2"])):
+        with pytest.raises(SystemExit) as ended:
+            main(["text-eval", str(folder), "--out", str(tmp_path / out), *extra])
+        assert ended.value.code == 0
+    capsys.readouterr()
+    from raytt.report import compare
+
+    table = compare([tmp_path / "e1"])
+    assert table.splitlines()[1].split() == ["method", "R@1", "R@10", "R@100", "MRR@10", "NDCG@10"]
+    assert "bm25 minus each row (95% paired bootstrap over 3 queries" in table and "\nfrozen " in table
+    assert "rank different queries" in compare([tmp_path / "e1", tmp_path / "e2"])
+    (tmp_path / "e2" / "per_query.parquet").unlink()
+    assert "e2 has no per_query.parquet" in compare([tmp_path / "e1", tmp_path / "e2"])
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "report.json").write_text(json.dumps({"views": {}, "split": "test"}))
+    with pytest.raises(RayttError, match="text and vector reports cannot share a table"):
+        compare([tmp_path / "e1", tmp_path / "v"])
 
 
 def test_text_build_writes_a_keyed_passage_bank_and_query_shards(tmp_path):

@@ -1,6 +1,7 @@
 """Text towers and their training: shapes and tying, the adapter's identity start, GradCache's gradients,
 the differentiable cross-worker gather, mined negatives, and `text-train` / `text-eval --run` end to end."""
 
+import dataclasses
 import json
 import shutil
 
@@ -231,7 +232,7 @@ def test_text_train_refuses_what_it_cannot_run(tmp_path, capsys):
     cases = [
         ([], "data.built not set"),
         (["--set", f"data.built={built}", "--set", "tower.kind=adapter"], "raytt text-encode"),
-        (["--set", f"data.built={built}", "--set", "mining.schedule=0-1:4@0.5-0.9"], "does not serve text towers"),
+        (["--set", f"data.built={built}", "--set", "mining.article_negatives=2"], "text passages have no articles"),
         (["--set", f"data.built={built}", "--set", "data.batch_size=512"], "fewer than one step"),
     ]
     for flags, problem in cases:
@@ -268,6 +269,9 @@ def test_text_train_on_two_workers_then_text_eval_ranks_it_beside_the_baselines(
         "log_every=1",
         "tower.projection_dim=32",
         "tracking=[]",
+        "mining.schedule=0-0:none;1-1:4@-1.0-1.0",  # the miner pool serves the second epoch
+        "mining.relative=0.99",
+        "mining.timeout_s=120",  # a step waits for its negatives: the test counts them, never the clock
     ]
     with pytest.raises(SystemExit) as ended:
         main([*main_args, *[a for s in sets for a in ("--set", s)], "--eval", "test"])
@@ -276,14 +280,24 @@ def test_text_train_on_two_workers_then_text_eval_ranks_it_beside_the_baselines(
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "train/loss" in r]
     assert steps and all(r["train/candidates"] == 32 for r in steps), "16 queries x 2 workers' positives"
+    assert {r["train/negatives_per_query"] > 0 for r in steps} == {False, True}, "mined in epoch 1 only"
     epochs = [r for r in rows if "val/NDCG@10" in r]
     assert len(epochs) == 2 and (run / "best" / "model.pt").is_file()
+    mined = epochs[1]
+    assert mined["mining/requests"] > 0 and mined["mining/fallback_rate"] == 0 and mined["mining/kept"] > 0
+    assert mined["mining/refreshes"] == 1, "rank 0 offered epoch 0's passage vectors as the next index"
     report = json.loads((run / "eval" / "test" / "report.json").read_text())
     assert set(report["methods"]) == {"bm25", "frozen", "bag", "bag@init"}
     assert {"bag - bm25", "bag - frozen"} <= set(report["intervals"])
     assert report["queries"] == 20 and report["passages"] == 160
     assert all(0.0 <= r["val/NDCG@10"] <= 1.0 for r in epochs)
     assert "bag - frozen: R@1" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as ended:
+        main(["text-eval", built, "--run", str(run), "--encode-actors", "1", "--out", str(tmp_path / "pooled")])
+    assert ended.value.code == 0
+    pooled = json.loads((tmp_path / "pooled" / "report.json").read_text())["methods"]
+    for metric, value in report["methods"]["bag"].items():  # the same vectors, summed in another thread count
+        assert abs(pooled["bag"][metric] - value) <= 1 / 20 + 1e-9, "at most one of 20 queries may flip a near-tie"
 
 
 def test_a_finetuned_query_side_over_cached_passages_starts_as_the_frozen_encoder():
@@ -298,6 +312,19 @@ def test_a_finetuned_query_side_over_cached_passages_starts_as_the_frozen_encode
     assert torch.allclose(model.passages(expected), expected, atol=1e-6), "the cached side's gate starts at 0"
     with pytest.raises(ValueError, match="untied tower of kind bag or finetune"):
         TextTowerConfig(kind="finetune", passage="cached", tied=True)
+
+
+def test_validation_can_encode_the_corpus_with_a_ray_data_actor_pool(ray_local, tmp_path, capsys):
+    built = tiny_set(tmp_path)
+    sets = ["data.batch_size=16", "optim.epochs=1", "tower.projection_dim=16", "tracking=[]", "encode_actors=1"]
+    args = ["text-train", "--storage", str(tmp_path / "runs"), "--name", "pooled", "--workers", "1"]
+    with pytest.raises(SystemExit) as ended:
+        main([*args, "--set", f"data.built={built}", *[a for s in sets for a in ("--set", s)]])
+    assert ended.value.code == 0, capsys.readouterr().err
+    run = tmp_path / "runs" / "pooled"
+    assert "160 passages encoded by 1 Ray Data actor(s)" in (run / "train.log").read_text()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in rows if 0.0 <= r.get("val/NDCG@10", -1) <= 1.0]
 
 
 def test_tune_searches_text_runs_on_full_corpus_ndcg(ray_local, tmp_path):
@@ -337,6 +364,11 @@ def test_tune_searches_text_runs_on_full_corpus_ndcg(ray_local, tmp_path):
     assert all(r["epochs"] == 1 and 0.0 <= r["best"] <= 1.0 and not r["error"] for r in rows)
     best = config.load(TextTrainConfig, search.run_dir / "best.yaml")
     assert best.data.built == built and best.tower.kind == "bag"
+    search = dataclasses.replace(search, name="mined", space={"mining.schedule": search.space["loss.kind"]})
+    search.space["mining.schedule"] = dataclasses.replace(search.space["mining.schedule"], values=["0-0:4@0.0-1.0"])
+    with pytest.raises(ConfigError, match="text trials cannot share a miner pool"):
+        tune(search, progress=lambda *_: None)
+    assert not (tmp_path / "tune" / "mined").exists()
 
 
 def test_hybrid_starts_ranking_as_the_frozen_encoder_and_shares_its_lexical_bag():

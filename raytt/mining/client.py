@@ -48,9 +48,12 @@ class Ticket:
 
 
 class MiningClient:
-    def __init__(self, pool: MinerPool, cfg: MiningConfig, rank: int, tower: TowerConfig) -> None:
+    """One worker's requests to the shared pool. A vector run's miners encode the context keys with offered
+    weights; a text run (`tower` None) sends its query vectors and offers each refreshed index itself."""
+
+    def __init__(self, pool: MinerPool, cfg: MiningConfig, rank: int, tower: TowerConfig | None) -> None:
         self.pool, self.cfg, self.rank, self.tower = pool, cfg, rank, tower
-        self.refresh = tower.doc != "identity" and rank == 0
+        self.refresh = tower is not None and tower.doc != "identity" and rank == 0
         self.slot = rank
         self.in_flight: list = []
         self.weights: WeightsOffer | None = None
@@ -64,6 +67,8 @@ class MiningClient:
         """Offer miners this step's weights every `sync_every` steps; rank 0 also starts index refreshes."""
         import ray
 
+        if self.tower is None:
+            return
         needs_weights = self.cfg.mine_by == "query" or self.refresh
         if needs_weights and (self.weights is None or step - self.weights.step >= self.cfg.sync_every):
             self.weights = WeightsOffer(time.time(), step, ray.put(model_state(model)), self.tower)
@@ -75,23 +80,56 @@ class MiningClient:
         self, stage: Stage, step: int, keys: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor
     ) -> Ticket | None:
         """Ask for this batch's negatives now; None when the stage does not mine."""
-        import ray
-
         if not stage.count:
             return None
+        return self._send(
+            MineRequest(
+                keys.numpy(),
+                lengths.numpy(),
+                target.numpy(),
+                self.cfg.spec(stage),
+                step,
+                self.weights if self.cfg.mine_by == "query" else None,
+                self.index_offer,
+            )
+        )
+
+    def submit_vectors(
+        self, stage: Stage, step: int, queries: np.ndarray, target: torch.Tensor, exclude: torch.Tensor | None
+    ) -> Ticket | None:
+        """A text batch's request: mine around `queries` [B, D] (with mine_by: query; the targets' own vectors
+        with target), never returning the target or an `exclude`d key; None when the stage does not mine."""
+        if not stage.count:
+            return None
+        empty = np.zeros((len(target), 0), np.int64)
+        return self._send(
+            MineRequest(
+                empty,
+                np.zeros(len(target), np.int64),
+                target.numpy(),
+                self.cfg.spec(stage),
+                step,
+                index=self.index_offer,
+                query_vectors=queries if self.cfg.mine_by == "query" else None,
+                exclude=exclude.numpy() if exclude is not None else None,
+            )
+        )
+
+    def offer_index(self, step: int, vectors: np.ndarray) -> None:
+        """Rank 0 of a text run: the passage side's vectors now, for miners to rebuild their index from."""
+        import ray
+
+        self.index_offer = IndexOffer(time.time(), step, ray.put(np.ascontiguousarray(vectors, np.float32)))
+        self.counts["refreshes"] += 1
+
+    def _send(self, request: MineRequest) -> Ticket:
+        """Send `request` unless `max_in_flight` are outstanding (then a ticket that falls back)."""
+        import ray
+
         if self.in_flight:
             _, self.in_flight = ray.wait(self.in_flight, num_returns=len(self.in_flight), timeout=0)
         if len(self.in_flight) >= self.cfg.max_in_flight:
             return Ticket(None, time.time())
-        request = MineRequest(
-            keys.numpy(),
-            lengths.numpy(),
-            target.numpy(),
-            self.cfg.spec(stage),
-            step,
-            self.weights if self.cfg.mine_by == "query" else None,
-            self.index_offer,
-        )
         ref = self.pool.submit(request, self.slot)
         self.slot += 1
         self.in_flight.append(ref)

@@ -77,6 +77,13 @@ class MiningConfig:
             "and near-copies of each other"
         ),
     )
+    relative: float = field(
+        default=0.0,
+        metadata=doc(
+            "drop candidates scoring above this fraction of the positive's score for the same query (NV-Retriever's "
+            "positive-aware filter; 0 = off)"
+        ),
+    )
     timeout_s: float = field(
         default=0.1, metadata=doc("longest a step waits for its negatives before training on in-batch negatives only")
     )
@@ -112,6 +119,8 @@ class MiningConfig:
                 "mining.search_k must be >= 1, mining.window >= 0, mining.fn_threshold in (-1, 1], "
                 "mining.timeout_s >= 0"
             )
+        if self.relative < 0:
+            raise ValueError(f"mining.relative must be >= 0 (0 = off), got {self.relative}")
         if self.max_in_flight < 1 or self.sync_every < 1 or self.refresh_every < 1 or self.nprobe < 1:
             raise ValueError("mining.max_in_flight, sync_every, refresh_every and nprobe must be >= 1")
         if (self.index == "factory") != bool(self.factory):
@@ -138,7 +147,7 @@ class MiningConfig:
         """What one request asks for: everything a trial may vary travels with the request, not the pool."""
         return MineSpec(
             stage,
-            FilterConfig(self.window, self.fn_threshold, self.sampling),
+            FilterConfig(self.window, self.fn_threshold, self.sampling, self.relative),
             max(self.search_k, 4 * stage.count),
             self.mine_by,
         )

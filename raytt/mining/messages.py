@@ -56,6 +56,8 @@ class MineRequest:
     step: int
     weights: WeightsOffer | None = None
     index: IndexOffer | None = None
+    query_vectors: np.ndarray | None = None  # [B, D]: mine around these (a text run's query side, now)
+    exclude: np.ndarray | None = None  # [B, m] keys never returned (a text query's judged passages), -1 padded
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,9 @@ class Miner:
         self._offer_weights(request.weights)
         self._offer_index(request.index)
         index, spec = self.index, request.spec
-        if spec.mine_by == "query":
+        if request.query_vectors is not None:
+            queries = request.query_vectors
+        elif spec.mine_by == "query":
             if self.model is None:
                 raise RuntimeError("mine_by=query but no tower weights were offered yet")
             queries = query_vectors(self.model, self.bank, request.context_keys, request.context_len)
@@ -96,6 +98,8 @@ class Miner:
             spec.stage,
             spec.filters,
             self.rng,
+            request.exclude,
+            _ceiling(queries, index.vectors, request.target, spec.filters.relative),
         )
         return MineAnswer(picked, stats, index.version, self.weights_step, received, time.time(), self.number)
 
@@ -136,6 +140,13 @@ class Miner:
             return
         if stamp > self.index_stamp:
             self.index, self.index_stamp = index, stamp
+
+
+def _ceiling(queries: np.ndarray, vectors: np.ndarray, target: np.ndarray, relative: float) -> np.ndarray | None:
+    """`relative` x each query's score for its own target: the most a negative may score (None when off)."""
+    if not relative:
+        return None
+    return relative * np.einsum("bd,bd->b", np.asarray(queries, np.float32), np.asarray(vectors[target], np.float32))
 
 
 class MinerPool:

@@ -2,10 +2,12 @@
 
 Candidates are dropped, in this order, and each drop is counted by the filter that made it (the
 last two, which need vectors, look at the first 4 x count survivors in sampling order):
-  target          the target key itself
+  target          the target key itself (and any key the request excludes: a text query's other positives)
   window          a chunk of the target's article within +-window positions of it, except the
                   context chunks, which stay allowed (they are the commonest impostors)
   band            cosine to the mining query outside the stage's [lo, hi]
+  relative        scoring above `relative` x the target's own score for that query (NV-Retriever's
+                  positive-aware filter; off at 0)
   false_negative  cosine to the *target* >= fn_threshold (a near-copy of the truth)
   duplicate       a near-copy (cosine >= fn_threshold) of a candidate ranked before it, or a repeated key
 Of the survivors, `top` keeps the highest-scoring `count`, `random` a uniform sample; rows with too
@@ -20,7 +22,7 @@ import numpy as np
 
 from raytt.mining.schedule import Stage
 
-FILTERS = ("target", "window", "band", "false_negative", "duplicate")
+FILTERS = ("target", "window", "band", "relative", "false_negative", "duplicate")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class FilterConfig:
     window: int = 1
     fn_threshold: float = 0.95
     sampling: str = "top"
+    relative: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,14 @@ def select(
     stage: Stage,
     cfg: FilterConfig,
     rng: np.random.Generator,
+    exclude: np.ndarray | None = None,
+    ceiling: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Negative keys [B, stage.count] (-1 padded) and the per-filter counts, from search results [B, K].
 
     The cheap filters (target, window, band) see every candidate; the two that need vectors see the
-    first 4 x count survivors in sampling order, which is where the negatives come from.
+    first 4 x count survivors in sampling order, which is where the negatives come from. `exclude` [B, m]
+    (-1 padded) adds keys the target filter drops; `ceiling` [B] is the highest score the relative filter keeps.
     """
     b, k = keys.shape
     alive = keys >= 0
@@ -64,12 +70,16 @@ def select(
         stats[name] = int(hit.sum())
         return where & ~hit
 
-    alive = drop("target", safe == target[:, None], alive)
+    excluded = safe == target[:, None]
+    if exclude is not None and exclude.size:
+        excluded |= (safe[:, :, None] == exclude[:, None, :]).any(2)
+    alive = drop("target", excluded, alive)
     offset = layout.positions[safe] - layout.positions[target][:, None]
     same = layout.articles[safe] == layout.articles[target][:, None]
     in_context = (offset < 0) & (offset >= -context_len[:, None])
     alive = drop("window", same & (np.abs(offset) <= cfg.window) & ~in_context, alive)
     alive = drop("band", (scores < stage.lo) | (scores > stage.hi), alive)
+    alive = drop("relative", scores > ceiling[:, None] if ceiling is not None else np.zeros_like(alive), alive)
 
     order = _order(scores, alive, cfg.sampling, rng)[:, : min(k, 4 * stage.count)]
     head_keys, head_alive = np.take_along_axis(safe, order, 1), np.take_along_axis(alive, order, 1)

@@ -62,6 +62,16 @@ class TextTrainConfig(TrainConfig):
             "(large batches in little memory; 0 = off)"
         ),
     )
+    encode_actors: int = field(
+        default=0,
+        metadata=doc(
+            "validation: Ray Data actors that re-encode the corpus by the passage side each epoch (0 = rank 0 "
+            "encodes it in-process; a pool spreads a large corpus over the cluster)"
+        ),
+    )
+    encode_cpus: int = field(
+        default=1, metadata=doc("CPUs (and torch threads) per encode actor: whole CPUs (Ray Data stalls on fractions)")
+    )
     data: TextDataConfig = field(default_factory=TextDataConfig)
     tower: TextTowerConfig = field(default_factory=TextTowerConfig)
 
@@ -69,8 +79,16 @@ class TextTrainConfig(TrainConfig):
         super().__post_init__()
         if self.grad_cache < 0:
             raise ValueError(f"grad_cache must be >= 0, got {self.grad_cache}")
-        if self.mining.curriculum.mines:
-            raise ValueError(
-                "mining: the miner pool does not serve text towers yet; use data.mined_negatives (hard negatives "
-                "mined once from the frozen encoder's vectors) and mining.curriculum: none"
-            )
+        if self.encode_actors < 0 or self.encode_cpus < 1:
+            raise ValueError("encode_actors must be >= 0 and encode_cpus >= 1")
+        if self.mining.article_negatives:
+            raise ValueError("mining.article_negatives: text passages have no articles; use mining.schedule")
+
+    @property
+    def encodes_bank(self) -> bool:
+        """No: rank 0 offers the miners the passage side's vectors from each validation pass."""
+        return False
+
+    @property
+    def validation_encoders(self) -> tuple[int, float]:
+        return self.encode_actors, self.encode_cpus

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -93,7 +94,8 @@ def judged(cfg: TextTrainConfig, shards: TextShards, split: str, encoded: Encode
 def train_rows(cfg: TextTrainConfig, shards: TextShards, mined: np.ndarray | None) -> pa.Table:
     """One row per (train query, positive): the query row, text, positive key and a fixed-width negatives list.
 
-    Negatives are the data's own (up to `data.given_negatives`) then the mined ones, -1 padded.
+    Negatives are the data's own (up to `data.given_negatives`) then the mined ones, -1 padded. When the
+    miner pool mines, each row also carries its query's judged passages (`judged`), which it must not return.
     """
     table = shards.table("train")
     texts, positives = table["text"].to_pylist(), table["positives"].to_pylist()
@@ -112,6 +114,10 @@ def train_rows(cfg: TextTrainConfig, shards: TextShards, mined: np.ndarray | Non
     columns = {"row": pa.array(rows, pa.int64()), "text": text, "positive": pa.array(positive, pa.int64())}
     if width:
         columns["negatives"] = pa.array(negatives, pa.list_(pa.int64(), width))
+    if cfg.mining.curriculum.mines:
+        most = max(len(keys) for keys in positives)
+        judged = [positives[i] + [-1] * (most - len(positives[i])) for i in rows]
+        columns["judged"] = pa.array(judged, pa.list_(pa.int64(), most))
     return pa.table(columns)
 
 
@@ -141,7 +147,7 @@ def train_dataset(cfg: TextTrainConfig, rows: pa.Table, query_vectors: np.ndarra
 def collated_columns(rows: pa.Table) -> list[str]:
     """The columns `TextCollate` reads: the query inputs and the keys (not the text or the row, which would
     only be converted on every step)."""
-    return ["tokens", "positive"] + (["negatives"] if "negatives" in rows.column_names else [])
+    return ["tokens", "positive"] + [c for c in ("negatives", "judged") if c in rows.column_names]
 
 
 def _attach_vectors(batch: dict, vectors) -> dict:
@@ -152,21 +158,40 @@ def _attach_vectors(batch: dict, vectors) -> dict:
     return batch
 
 
-class TextCollate(NumpyBatchCollateFn):
-    """Ray Data collate step: (query inputs [B, ...], positive keys [B], negative keys [B, n] or None)."""
+class TextRows(NamedTuple):
+    """One batch of train rows as tensors."""
 
-    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        inputs = batch["tokens"]
-        if inputs.dtype == object:
-            inputs = np.stack(inputs)
-        negatives = batch.get("negatives")
-        if negatives is not None and negatives.dtype == object:
-            negatives = np.stack(negatives)
-        return (
-            torch.as_tensor(inputs),
+    queries: torch.Tensor  # [B, ...] token ids or vectors
+    positive_keys: torch.Tensor  # [B]
+    negative_keys: torch.Tensor | None  # [B, n], -1 = empty
+    judged: torch.Tensor | None  # [B, m] the query's judged passages, -1 padded (when the pool mines)
+
+    def with_mined(self, mined: np.ndarray | None) -> TextRows:
+        """These rows with the pool's negative keys [B, count] after any given or frozen-mined ones."""
+        if mined is None:
+            return self
+        mined = torch.as_tensor(mined, dtype=torch.int64)
+        keys = mined if self.negative_keys is None else torch.cat([self.negative_keys, mined], 1)
+        return self._replace(negative_keys=keys)
+
+
+class TextCollate(NumpyBatchCollateFn):
+    """Ray Data collate step: numpy columns to `TextRows`."""
+
+    def __call__(self, batch: dict) -> TextRows:
+        return TextRows(
+            torch.as_tensor(_stacked(batch["tokens"])),
             torch.as_tensor(batch["positive"], dtype=torch.int64),
-            torch.as_tensor(negatives, dtype=torch.int64) if negatives is not None else None,
+            *(
+                torch.as_tensor(_stacked(batch[c]), dtype=torch.int64) if c in batch else None
+                for c in ("negatives", "judged")
+            ),
         )
+
+
+def _stacked(column: np.ndarray) -> np.ndarray:
+    """A fixed-width list column as one 2-D array (Ray Data may hand it over as an array of arrays)."""
+    return np.stack(column) if column.dtype == object else column
 
 
 def describe_data(cfg: TextTrainConfig, shards: TextShards, rows: pa.Table, val: Judged, table: np.ndarray) -> str:

@@ -26,6 +26,7 @@ from raytt.progress import say
 from raytt.storage import write_json
 from raytt.text.baselines import bm25_top, dense_top, frozen_top
 from raytt.text.beir import read_beir
+from raytt.text.compare import write_per_query
 from raytt.text.encode import cache_slug, open_encoded
 from raytt.text.metrics import METRICS, per_query
 from raytt.text.shards import open_text
@@ -81,14 +82,15 @@ def frozen_ranking(data: EvalSet, split: str, embedder: str, progress: Progress)
     return frozen_top(data.passages, data.queries, embedder, TOP_K)
 
 
-def run_rankings(data: EvalSet, split: str, run: Path, progress: Progress) -> dict[str, np.ndarray]:
-    """A trained run's top-K (its best/ checkpoint) and its untrained towers' (the same seed, step 0)."""
+def run_rankings(data: EvalSet, split: str, run: Path, encode_actors: int, progress: Progress) -> dict[str, np.ndarray]:
+    """A trained run's top-K (its best/ checkpoint) and its untrained towers' (the same seed, step 0); the corpus
+    encoded in-process, or by `encode_actors` Ray Data actors (`encode_cpus` each, from the run's config)."""
     import torch
 
     from raytt.text.config import TextTrainConfig
     from raytt.text.data import encoded_cache as cache_of
     from raytt.text.data import passage_table, query_inputs
-    from raytt.text.ranking import tower_top
+    from raytt.text.ranking import encode_side
     from raytt.text.towers import build_text_tower
     from raytt.text.train import load_text_model
 
@@ -104,9 +106,27 @@ def run_rankings(data: EvalSet, split: str, run: Path, progress: Progress) -> di
     torch.manual_seed(cfg.seed)
     untrained = build_text_tower(cfg.tower, int(meta["dim"])).eval()
     progress(f"text-eval: {run.name}: best/ from step {meta['step']} ({cfg.tower.kind} tower)")
+    if encode_actors:
+        import ray
+
+        from raytt.session import start_ray
+        from raytt.text.reencode import pool_encode
+
+        start_ray(encode_actors * cfg.encode_cpus)
+        table_ref = ray.put(np.ascontiguousarray(table))
+        dim = int(meta["dim"])
+
+        def passages(tower):
+            return pool_encode(tower, cfg.tower, dim, table_ref, len(table), encode_actors, cfg.encode_cpus)
+
+    else:
+
+        def passages(tower):
+            return encode_side(tower, table, "passage", "cpu")
+
     return {
-        run.name: tower_top(model, table, queries, TOP_K, "cpu"),
-        f"{run.name}@init": tower_top(untrained, table, queries, TOP_K, "cpu"),
+        name: dense_top(passages(tower), encode_side(tower, queries, "query", "cpu"), TOP_K)
+        for name, tower in ((run.name, model), (f"{run.name}@init", untrained))
     }
 
 
@@ -118,10 +138,13 @@ def evaluate(
     max_queries: int = 0,
     seed: int = 0,
     runs: list[Path] = (),
+    encode_actors: int = 0,
     progress: Progress = say,
 ) -> dict:
     """Rank the split's queries with BM25, the frozen encoder and each run; write OUT/report.json (and each run's
     RUN/eval/SPLIT/report.json); return the report."""
+    if encode_actors < 0:
+        raise RayttError(f"text-eval: --encode-actors must be >= 0, got {encode_actors}")
     data = load_eval_set(folder, split, max_queries, seed)
     if runs and data.shards is None:
         raise RayttError(
@@ -132,33 +155,32 @@ def evaluate(
     rankers = {
         "bm25": lambda: {"bm25": bm25_top(data.passages, data.queries, TOP_K)},
         "frozen": lambda: {"frozen": frozen_ranking(data, split, embedder, progress)},
-        **{Path(r).name: (lambda r=r: run_rankings(data, split, Path(r), progress)) for r in runs},
+        **{Path(r).name: (lambda r=r: run_rankings(data, split, Path(r), encode_actors, progress)) for r in runs},
     }
     for name, rank in rankers.items():
         started = time.perf_counter()
         tops.update(rank())
         seconds[name] = time.perf_counter() - started
         progress(f"text-eval: {name} ranked in {seconds[name]:.1f}s")
-    report = _report(
-        tops, data.grades, split, len(data.passages), resolve(embedder)[1], seconds, [Path(r).name for r in runs]
-    )
+    values = {name: {m: per_query(top, data.grades, m) for m in METRICS} for name, top in tops.items()}
+    report = _report(values, data, split, resolve(embedder)[1], seconds, [Path(r).name for r in runs])
     for where in [Path(out), *[Path(r) / "eval" / split for r in runs]]:
         where.mkdir(parents=True, exist_ok=True)
+        write_per_query(where, data.rows, values)
         write_json(where / "report.json", report)
     progress(format_report(report))
     return report
 
 
-def _report(
-    tops: dict, grades: list[dict[int, int]], split: str, passages: int, embedder: str, seconds: dict, runs: list[str]
-) -> dict:
-    values = {name: {m: per_query(top, grades, m) for m in METRICS} for name, top in tops.items()}
-    pairs = [(name, "bm25") for name in tops if name != "bm25"] + [(run, "frozen") for run in runs]
+def _report(values: dict, data: EvalSet, split: str, embedder: str, seconds: dict, runs: list[str]) -> dict:
+    pairs = [(name, "bm25") for name in values if name != "bm25"] + [(run, "frozen") for run in runs]
+    judged = sum(len(g) for g in data.grades)
     return {
         "split": split,
-        "queries": len(grades),
-        "passages": passages,
-        "oracle": {"judged_passages": sum(len(g) for g in grades), "in_corpus": sum(len(g) for g in grades)},
+        "queries": len(data.grades),
+        "passages": len(data.passages),
+        "bank_sha256": data.shards.bank_sha256 if data.shards is not None else None,
+        "oracle": {"judged_passages": judged, "in_corpus": judged},
         "embedder": embedder,
         "methods": {name: {m: float(v.mean()) for m, v in per.items()} for name, per in values.items()},
         "intervals": {

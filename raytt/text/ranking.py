@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raytt.text.baselines import dense_top
 from raytt.text.metrics import METRICS, per_query
 from raytt.text.step import trimmed
 from raytt.text.towers import TextTwoTower
@@ -28,11 +27,6 @@ def encode_side(model: TextTwoTower, inputs: np.ndarray | torch.Tensor, side: st
         )
         out.append(encode(trimmed(x.to(device))).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
-
-
-def tower_top(model: TextTwoTower, passages, queries, k: int, device) -> np.ndarray:
-    """The tower's top `k` passage keys per query over the whole corpus, best first."""
-    return dense_top(encode_side(model, passages, "passage", device), encode_side(model, queries, "query", device), k)
 
 
 def scores(top: np.ndarray, grades: list[dict[int, int]]) -> dict[str, float]:

@@ -33,6 +33,7 @@ from raytt.text.data import (
 )
 from raytt.text.encode import Encoded
 from raytt.text.mine import mine_from_frozen
+from raytt.text.mining import start_text_pool
 from raytt.text.shards import open_text
 from raytt.text.worker import TextWorkerInputs, text_train_loop
 from raytt.tracking import check_tracking
@@ -109,17 +110,21 @@ def train_text(cfg: TextTrainConfig, progress: Progress = say) -> dict:
     progress = _kept(progress, log)
     prepared = prepare_text(cfg, progress)
     resume = find_resume(cfg, progress)
-    join_ray(resource_request(cfg, mines=False), cfg.resource_timeout_s, progress)
+    join_ray(resource_request(cfg), cfg.resource_timeout_s, progress)
     started = time.perf_counter()
+    pool = start_text_pool(cfg, prepared.table, prepared.width, progress)
     try:
         with _restored_sigint():
-            trainer = make_text_trainer(cfg, prepared, ray.put(prepared.table), resume)
+            trainer = make_text_trainer(cfg, prepared, ray.put(prepared.table), resume, pool=pool)
             log.release()
             result = trainer.fit()
     except (KeyboardInterrupt, SystemExit) as exc:
         raise Interrupted(f"text-train: run {cfg.name!r} interrupted; run the same command again to resume it") from exc
     except Exception as exc:
         raise failure(cfg, exc) from exc
+    finally:
+        if pool:
+            pool.shutdown()
     if result.error:
         raise failure(cfg, result.error) from result.error
     cfg.run.pull()
@@ -135,9 +140,9 @@ def train_text(cfg: TextTrainConfig, progress: Progress = say) -> dict:
 
 
 def make_text_trainer(
-    cfg: TextTrainConfig, prepared: TextPrepared, table_ref, resume: Path | None, callbacks=(), label=""
+    cfg: TextTrainConfig, prepared: TextPrepared, table_ref, resume: Path | None, callbacks=(), label="", pool=None
 ):
-    """The run's `TorchTrainer` over the train rows' Ray Dataset."""
+    """The run's `TorchTrainer` over the train rows' Ray Dataset (with the miner pool when the schedule mines)."""
     run = cfg.run
     run.path.mkdir(parents=True, exist_ok=True)
     config.dump(cfg, run.config)
@@ -152,6 +157,7 @@ def make_text_trainer(
         tune=bool(label),
         local=cfg.workers == 0,
         label=label,
+        pool=pool,
     )
     dataset = train_dataset(cfg, prepared.rows, prepared.query_vectors)
     return torch_trainer(cfg, text_train_loop, inputs, dataset, callbacks)

@@ -13,9 +13,12 @@ import torch
 
 from raytt.placement import describe_workers, gather_workers
 from raytt.progress import Console, duration, eta
+from raytt.text.baselines import dense_top
 from raytt.text.config import TextTrainConfig
-from raytt.text.data import Judged, TextCollate
-from raytt.text.ranking import scores, tower_top
+from raytt.text.data import Judged, TextCollate, TextRows
+from raytt.text.mining import mined_text_batches, text_client
+from raytt.text.ranking import encode_side, scores
+from raytt.text.reencode import pool_encode
 from raytt.text.step import TextStepResult, on_device, text_step
 from raytt.text.towers import build_text_tower
 from raytt.training import faults
@@ -24,7 +27,7 @@ from raytt.training.position import Position
 from raytt.training.recorder import Recorder
 from raytt.training.setup import Trainee, total_steps, trainee_for
 from raytt.training.step import World
-from raytt.training.worker import patience_spent, restore, step_line
+from raytt.training.worker import mining_line, mining_metrics, patience_spent, restore, step_line
 
 VAL_TOP = 100
 
@@ -42,6 +45,7 @@ class TextWorkerInputs:
     tune: bool = False
     local: bool = False
     label: str = ""
+    pool: object = None  # the MinerPool when the schedule mines
 
 
 def text_train_loop(config: dict) -> None:
@@ -60,8 +64,8 @@ def train_epoch(run: TextWorkerRun) -> None:
     cfg, position = run.cfg, run.position
     window: list[TextStepResult] = []
     started = time.perf_counter()
-    for (queries, positive_keys, negative_keys), last in run.batches():
-        batch = on_device(run.table, queries, positive_keys, negative_keys, run.world.device)
+    for rows, last in run.batches():
+        batch = on_device(run.table, rows.queries, rows.positive_keys, rows.negative_keys, run.world.device)
         window.append(text_step(run.trainee, batch, cfg, run.world))
         position.advance()
         checkpoint = position.step % cfg.checkpoint_every == 0 and not (last or run.done)
@@ -77,17 +81,21 @@ def train_epoch(run: TextWorkerRun) -> None:
 
 
 def end_epoch(run: TextWorkerRun) -> bool:
-    """Validate on the whole corpus (rank 0), keep the best, checkpoint; True when patience ran out."""
+    """Validate on the whole corpus (rank 0; its passage vectors become the miners' next index), keep the best,
+    checkpoint; True when patience ran out."""
     cfg, position = run.cfg, run.position
     position.end_epoch()
-    metrics = {"step": position.step, "epoch": position.epoch}
+    mining = mining_metrics(run.miner, run.world)
+    metrics = {"step": position.step, "epoch": position.epoch, **mining}
     if run.world.rank == 0:
         started = time.perf_counter()
-        top = tower_top(run.trainee.served, run.table, run.val.inputs, VAL_TOP, run.world.device)
+        passages = run.encode_passages(run.trainee.served)
+        top = dense_top(passages, encode_side(run.trainee.served, run.val.inputs, "query", run.world.device), VAL_TOP)
         metrics.update({f"val/{k}": v for k, v in scores(top, run.val.grades).items()})
         metrics["val_seconds"] = time.perf_counter() - started
         metrics["eta_s"] = run.eta_s()
-        run.log(epoch_line(metrics, cfg.optim.epochs))
+        run.log(epoch_line(metrics, cfg.optim.epochs) + mining_line(mining))
+        run.offer_index(passages if run.trainee.ema is None else None)
         run.recorder.keep_best(metrics, run.trainee, position, run.dim)
     run.recorder.record(metrics, run.trainee, position, run.dim, checkpoint=True, epoch_end=True)
     spent = patience_spent(cfg, position, run.world)
@@ -123,6 +131,7 @@ class TextWorkerRun:
         device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
         self.world = World(context.get_world_rank(), context.get_world_size(), device)
         torch.set_num_threads(cfg.threads_per_worker)
+        self.table_ref = inputs.table
         self.table = torch.as_tensor(ray.get(inputs.table)).to(device)
         if not cfg.tower.passages_read_tokens:
             self.table = self.table.float()
@@ -133,8 +142,11 @@ class TextWorkerRun:
         self.console = Console(cfg.run.path / "train.log" if self.world.rank == 0 else None, _prefix(inputs.label))
         self.data = ray.train.get_dataset_shard("train")
         self.recorder = Recorder(cfg, self.world.rank, inputs.local, inputs.tune, self.log)
+        self.miner = text_client(inputs.pool, cfg, self.world.rank)
         self.position = Position()
         self._restore(ray.train.get_checkpoint(), inputs.resume)
+        if self.position.step and self.world.rank == 0:
+            self.offer_index()
         workers = gather_workers(self.world.rank, self.world.size, cfg.threads_per_worker, int(cfg.use_gpu))
         self.log(f"train: attempt {self.recorder.attempt}: {describe_workers(workers, cfg.placement)}")
         self.recorder.started(self.position, workers)
@@ -159,8 +171,41 @@ class TextWorkerRun:
         )
         return -1.0 if left is None else round(left, 1)
 
-    def batches(self) -> Iterator[tuple[tuple, bool]]:
-        """This epoch's batches, skipping those trained on before a resume, each with its is-last flag."""
+    def encode_passages(self, model) -> np.ndarray:
+        """Every passage by `model`'s passage side: by `encode_actors` Ray Data actors, or here."""
+        if not self.cfg.encode_actors:
+            return encode_side(model, self.table, "passage", self.world.device)
+        started, rows = time.perf_counter(), len(self.table)
+        vectors = pool_encode(
+            model, self.cfg.tower, self.width, self.table_ref, rows, self.cfg.encode_actors, self.cfg.encode_cpus
+        )
+        self.log(
+            f"validation: {rows:,} passages encoded by {self.cfg.encode_actors} Ray Data actor(s) in "
+            f"{duration(time.perf_counter() - started)}"
+        )
+        return vectors
+
+    def offer_index(self, passages: np.ndarray | None = None) -> None:
+        """Rank 0: the trained passage side's vectors now (`passages`, or encoded here) for the miners' next index,
+        when there are miners."""
+        if self.miner is None:
+            return
+        if passages is None:
+            passages = self.encode_passages(self.trainee.model)
+        self.miner.offer_index(self.position.step, passages)
+
+    def batches(self) -> Iterator[tuple[TextRows, bool]]:
+        """This epoch's batches (with the pool's negatives when the stage mines), skipping those trained on before
+        a resume, each with its is-last flag."""
+        stage = self.cfg.mining.curriculum.at(self.position.epoch)
+        rows = self._rows()
+        if self.miner is None or not stage.count:
+            return rows
+        return mined_text_batches(
+            rows, self.miner, stage, self.position, self.trainee.model, self.cfg, self.world.device
+        )
+
+    def _rows(self) -> Iterator[tuple[TextRows, bool]]:
         shuffle = self.cfg.data.shuffle_buffer
         it = self.data.iter_torch_batches(
             batch_size=self.cfg.data.batch_size,

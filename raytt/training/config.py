@@ -157,3 +157,13 @@ class TrainConfig(Located):
         check_custom_resources(self.worker_resources, "worker_resources")
         if self.remote and self.workers == 0:
             raise ValueError(f"storage {self.storage!r} is a URI: local debugging runs (workers: 0) write to a path")
+
+    @property
+    def encodes_bank(self) -> bool:
+        """Whether a task beside the miners re-encodes the bank for their index (a trainable doc tower)."""
+        return self.tower.doc != "identity"
+
+    @property
+    def validation_encoders(self) -> tuple[int, float]:
+        """(actors, CPUs each) that re-encode the corpus for validation beside the workers; none here."""
+        return 0, 0.0

@@ -76,7 +76,19 @@ def epoch_batches(shard, cfg: TrainConfig, position: Position, rank: int) -> Ite
 def mined_batches(
     batches: Iterable[StepBatch], miner, stage, position: Position, model: torch.nn.Module, max_in_flight: int
 ) -> Iterator[StepBatch]:
-    """The batches with their mined negatives, requested `max_in_flight` steps ahead of training on them.
+    """The batches with their mined negatives, requested `max_in_flight` steps ahead of training on them."""
+
+    def submit(batch: StepBatch, step: int):
+        return miner.submit(stage, step, batch.keys, batch.lengths, batch.target)
+
+    return asked_ahead(batches, miner, position, model, max_in_flight, submit, StepBatch.with_negatives)
+
+
+def asked_ahead(
+    batches: Iterable, miner, position: Position, model: torch.nn.Module, max_in_flight: int, submit, attach
+) -> Iterator:
+    """Each batch with its mined negatives: `submit(batch, step)` asks `max_in_flight` steps ahead, and
+    `attach(batch, keys or None)` adds the answer when the batch's step comes.
 
     The request for batch t+L goes out after batch t's answer is collected and before t trains;
     `position.step` is read as the consumer advances it.
@@ -86,14 +98,12 @@ def mined_batches(
         due = ahead.popleft() if len(ahead) == max_in_flight else None
         mined = miner.collect(due[1], position.step) if due else None
         miner.publish(position.step, model)
-        ahead.append(
-            (batch, miner.submit(stage, position.step + len(ahead) + 1, batch.keys, batch.lengths, batch.target))
-        )
+        ahead.append((batch, submit(batch, position.step + len(ahead) + 1)))
         if due:
-            yield due[0].with_negatives(mined)
+            yield attach(due[0], mined)
     while ahead:
         batch, ticket = ahead.popleft()
-        yield batch.with_negatives(miner.collect(ticket, position.step))
+        yield attach(batch, miner.collect(ticket, position.step))
 
 
 def flag_last(items: Iterable) -> Iterator[tuple[object, bool]]:

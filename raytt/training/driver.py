@@ -143,8 +143,11 @@ def resource_request(cfg: TrainConfig, trials: int = 1, mines: bool | None = Non
     if mines:
         custom = tuple(sorted(miners.resources.items()))
         asks.append(Ask("miner(s)", miners.actors, miners.actor_cpus, miners.actor_gpus, custom))
-        if cfg.tower.doc != "identity":
+        if cfg.encodes_bank:
             asks.append(Ask("bank encoder", 1, min(1.0, cfg.mining.actor_cpus)))
+    encoders, cpus = cfg.validation_encoders
+    if encoders:
+        asks.append(Ask("passage encoder(s)", encoders * trials, cpus))
     if not cfg.data.cache:  # streamed: read tasks run beside the workers all along; cached: read once, before
         asks.append(Ask("Ray Data reader", 1, 1.0))
     return Request(tuple(asks))

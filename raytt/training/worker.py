@@ -210,20 +210,25 @@ class WorkerRun:
 
     def mining_metrics(self) -> dict:
         """The epoch's mining metrics, counts summed over all workers."""
-        if self.miner is None:
-            return {}
-
-        def reduce(values: list[float]) -> list[float]:
-            if self.world.size == 1:
-                return values
-            t = torch.tensor(values, dtype=torch.float64)
-            dist.all_reduce(t)
-            return t.tolist()
-
-        return self.miner.epoch_metrics(reduce)
+        return mining_metrics(self.miner, self.world)
 
     def patience_spent(self) -> bool:
         return patience_spent(self.cfg, self.position, self.world)
+
+
+def mining_metrics(miner: MiningClient | None, world: World) -> dict:
+    """The epoch's mining metrics, counts summed over all workers (every worker must call it)."""
+    if miner is None:
+        return {}
+
+    def reduce(values: list[float]) -> list[float]:
+        if world.size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    return miner.epoch_metrics(reduce)
 
 
 def restore(cfg: TrainConfig, trainee, reported, resume: str | None, log, device) -> Position | None:
@@ -290,6 +295,7 @@ def mining_line(m: dict) -> str:
         f"{m.get('mining/latency_ms_p50', float('nan')):.0f} ms p95 "
         f"{m.get('mining/latency_ms_p95', float('nan')):.0f} ms, staleness "
         f"{m.get('mining/staleness_steps', 0):.1f} steps, dropped: target {m['mining/dropped_target']:.0f}, "
-        f"window {m['mining/dropped_window']:.0f}, band {m['mining/dropped_band']:.0f}, false-negative "
+        f"window {m['mining/dropped_window']:.0f}, band {m['mining/dropped_band']:.0f}, relative "
+        f"{m['mining/dropped_relative']:.0f}, false-negative "
         f"{m['mining/dropped_false_negative']:.0f}, duplicate {m['mining/dropped_duplicate']:.0f}"
     )
