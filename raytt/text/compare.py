@@ -65,7 +65,7 @@ def compare_text(reports: list[tuple[Path, dict]]) -> str:
 
 def text_intervals(rows: dict[str, Row], reports: list[tuple[Path, dict]], resamples: int = RESAMPLES) -> str:
     """The first row minus every other row in every metric, paired over the queries (one line why not)."""
-    values, why = _matched(rows, reports)
+    values, why = _matched(reports)
     if values is None:
         return f"intervals not shown: {why}"
     (ref, *others) = list(rows)
@@ -92,7 +92,7 @@ def _column(values: dict[Path, dict[str, np.ndarray]], row: Row, metric: str) ->
     return values[folder][f"{method}/{metric}"]
 
 
-def _matched(rows: dict[str, Row], reports: list[tuple[Path, dict]]):
+def _matched(reports: list[tuple[Path, dict]]):
     """Each report's per-query columns, or why they cannot be paired (a file missing, other queries)."""
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -91,6 +91,7 @@ def run_rankings(data: EvalSet, split: str, run: Path, encode_actors: int, progr
     from raytt.text.data import encoded_cache as cache_of
     from raytt.text.data import passage_table, query_inputs
     from raytt.text.ranking import encode_side
+    from raytt.text.reencode import corpus_vectors
     from raytt.text.towers import build_text_tower
     from raytt.text.train import load_text_model
 
@@ -106,28 +107,26 @@ def run_rankings(data: EvalSet, split: str, run: Path, encode_actors: int, progr
     torch.manual_seed(cfg.seed)
     untrained = build_text_tower(cfg.tower, int(meta["dim"])).eval()
     progress(f"text-eval: {run.name}: best/ from step {meta['step']} ({cfg.tower.kind} tower)")
-    if encode_actors:
-        import ray
-
-        from raytt.session import start_ray
-        from raytt.text.reencode import pool_encode
-
-        start_ray(encode_actors * cfg.encode_cpus)
-        table_ref = ray.put(np.ascontiguousarray(table))
-        dim = int(meta["dim"])
-
-        def passages(tower):
-            return pool_encode(tower, cfg.tower, dim, table_ref, len(table), encode_actors, cfg.encode_cpus)
-
-    else:
-
-        def passages(tower):
-            return encode_side(tower, table, "passage", "cpu")
-
+    table_ref = _shared(table, encode_actors * cfg.encode_cpus) if encode_actors else None
+    dim = int(meta["dim"])
     return {
-        name: dense_top(passages(tower), encode_side(tower, queries, "query", "cpu"), TOP_K)
+        name: dense_top(
+            corpus_vectors(tower, cfg.tower, dim, table, table_ref, encode_actors, cfg.encode_cpus),
+            encode_side(tower, queries, "query", "cpu"),
+            TOP_K,
+        )
         for name, tower in ((run.name, model), (f"{run.name}@init", untrained))
     }
+
+
+def _shared(table: np.ndarray, cpus: int):
+    """The passage table in the object store (Ray started when needed), for the encode actors to read."""
+    import ray
+
+    from raytt.session import start_ray
+
+    start_ray(cpus)
+    return ray.put(np.ascontiguousarray(table))
 
 
 def evaluate(

@@ -24,6 +24,7 @@ from raytt.text.data import TextRows
 from raytt.text.ranking import encode_side
 from raytt.text.towers import TextTwoTower, build_text_tower
 from raytt.training.data import asked_ahead
+from raytt.training.driver import start_pool
 from raytt.training.position import Position
 
 
@@ -55,9 +56,7 @@ def start_text_pool(cfg: TextTrainConfig, table: np.ndarray, width: int, progres
         return None
     torch.manual_seed(cfg.seed)
     vectors = encode_side(build_text_tower(cfg.tower, width), table, "passage", "cpu")
-    for line in cfg.mining.curriculum.describe():
-        progress(f"mining: {line}")
-    return MinerPool(ray.put(PassageIndex(vectors)), cfg.mining, progress)
+    return start_pool(cfg, ray.put(PassageIndex(vectors)), progress)
 
 
 def text_client(pool: MinerPool | None, cfg: TextTrainConfig, rank: int) -> MiningClient | None:

@@ -32,6 +32,15 @@ class PassageEncoder:
         return batch
 
 
+def corpus_vectors(
+    model: TextTwoTower, tower: TextTowerConfig, width: int, table, table_ref, actors: int, cpus: int, device="cpu"
+) -> np.ndarray:
+    """Every passage by `model`'s passage side: in-process when `actors` is 0, else by a Ray Data actor pool."""
+    if not actors:
+        return encode_side(model, table, "passage", device)
+    return pool_encode(model, tower, width, table_ref, len(table), actors, cpus)
+
+
 def pool_encode(
     model: TextTwoTower, tower: TextTowerConfig, width: int, table_ref, rows: int, actors: int, cpus: float
 ):

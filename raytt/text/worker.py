@@ -18,7 +18,7 @@ from raytt.text.config import TextTrainConfig
 from raytt.text.data import Judged, TextCollate, TextRows
 from raytt.text.mining import mined_text_batches, text_client
 from raytt.text.ranking import encode_side, scores
-from raytt.text.reencode import pool_encode
+from raytt.text.reencode import corpus_vectors
 from raytt.text.step import TextStepResult, on_device, text_step
 from raytt.text.towers import build_text_tower
 from raytt.training import faults
@@ -173,16 +173,22 @@ class TextWorkerRun:
 
     def encode_passages(self, model) -> np.ndarray:
         """Every passage by `model`'s passage side: by `encode_actors` Ray Data actors, or here."""
-        if not self.cfg.encode_actors:
-            return encode_side(model, self.table, "passage", self.world.device)
-        started, rows = time.perf_counter(), len(self.table)
-        vectors = pool_encode(
-            model, self.cfg.tower, self.width, self.table_ref, rows, self.cfg.encode_actors, self.cfg.encode_cpus
+        cfg, started = self.cfg, time.perf_counter()
+        vectors = corpus_vectors(
+            model,
+            cfg.tower,
+            self.width,
+            self.table,
+            self.table_ref,
+            cfg.encode_actors,
+            cfg.encode_cpus,
+            self.world.device,
         )
-        self.log(
-            f"validation: {rows:,} passages encoded by {self.cfg.encode_actors} Ray Data actor(s) in "
-            f"{duration(time.perf_counter() - started)}"
-        )
+        if cfg.encode_actors:
+            self.log(
+                f"validation: {len(vectors):,} passages encoded by {cfg.encode_actors} Ray Data actor(s) in "
+                f"{duration(time.perf_counter() - started)}"
+            )
         return vectors
 
     def offer_index(self, passages: np.ndarray | None = None) -> None:
