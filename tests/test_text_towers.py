@@ -409,6 +409,21 @@ def test_a_stale_or_mismatched_vector_cache_is_refused(tmp_path):
         EncodeConfig(precision="fp16")
 
 
+def test_bad_encode_pool_and_relative_filter_settings_are_refused(tmp_path, capsys):
+    built = tiny_set(tmp_path)
+    for key, value, problem in (
+        ("encode_cpus", 0, "encode_cpus >= 1"),
+        ("encode_actors", -1, "encode_actors must be >= 0"),
+        ("mining", {"relative": -0.5}, "mining.relative must be >= 0 (0 = off), got -0.5"),
+    ):
+        with pytest.raises(ConfigError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+            config.from_dict(TextTrainConfig, {"data": {"built": built}, key: value})
+    with pytest.raises(SystemExit) as ended:
+        main(["text-eval", built, "--encode-actors", "-1", "--out", str(tmp_path / "ev")])
+    assert ended.value.code == 2 and "--encode-actors must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()
+
+
 def test_bf16_encoder_vectors_match_fp32():
     """What `--precision bf16` (auto on a CPU with native bf16) caches is the fp32 encoder's vectors to 1e-3."""
     from raytt.corpus.embed import Encoder, resolved_precision
