@@ -1,8 +1,9 @@
 """Text training throughput: `raytt text-train` (Ray Data -> one Ray Train worker) against a bare PyTorch loop.
 
 Same towers (seeded alike), same loss (InfoNCE, in-batch negatives), same batch size, same threads, same
-rows in the same order. The baseline is the tightest loop there is: query and passage inputs already
-looked up into in-memory tensors, no Ray, no data pipeline. raytt is measured from its own
+rows in the same order, every measured step inside one epoch (a real epoch is thousands of steps; this
+set's would otherwise end every few windows). The baseline is the tightest loop there is: query and
+passage inputs already looked up into in-memory tensors, no Ray, no data pipeline. raytt is measured from its own
 metrics.jsonl (samples/s per logging window, the first window dropped as warm-up), so the one-off
 start of the run and the epoch-end validation are outside both. The bare loop runs before and after raytt
 and the baseline is their mean, so drift in the shared machine's load hits both sides alike. Printed as
@@ -13,7 +14,7 @@ towers that read the frozen encoder's vectors a stand-in cache of random unit ve
 cache's manifest. `bag` and `adapter` run on CPU; `finetune` (a local randomly initialised BERT of
 MiniLM's shape, or --encoder) with `--device cuda` on a GPU.
 
-    python bench/text_throughput.py [--kinds bag,adapter] [--n 20000] [--workdir DIR] [--device cuda --kinds finetune]
+    python bench/text_throughput.py [--kinds bag,adapter] [--n N] [--workdir DIR] [--device cuda --kinds finetune]
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ def stand_in_cache(built: str, embedder_id: str, dim: int = 384) -> None:
         np.save(folder / "queries" / f"{split}.npy", unit(shards.rows(split)))
     rows = {"passages": shards.passages, **{s: shards.rows(s) for s in shards.splits}}
     write_json(folder / "manifest.json", {"embedder_id": embedder_id, "bank_sha256": shards.bank_sha256, "rows": rows})
+
+
+def one_epoch(kinds: list[str]) -> int:
+    """Passages (and queries) enough that every kind's steps fit in one epoch of the train split (90%)."""
+    return max(int(SETTINGS[k][0] * SETTINGS[k][1] / 0.9) + 1000 for k in kinds)
 
 
 def run_config(kind: str, built: str, storage: str, device: str, encoder: str) -> TextTrainConfig:
@@ -145,18 +151,19 @@ def raytt_rate(cfg: TextTrainConfig) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kinds", default="bag,adapter")
-    parser.add_argument("--n", type=int, default=20_000, help="passages (and queries) in the synthetic set")
+    parser.add_argument("--n", type=int, help="passages (and queries) in the synthetic set; default: one epoch's worth")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--encoder", default="all-MiniLM-L6-v2", help="finetune: the model trained")
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="text-throughput-"))
-    built = synthetic_set(work, args.n)
+    n = args.n or one_epoch(args.kinds.split(","))
+    built = synthetic_set(work, n)
     from raytt.corpus.embed import resolve
 
     stand_in_cache(built, resolve(args.encoder)[1])
-    print(f"text throughput: {args.n:,} synthetic passages, device {args.device}, {os.cpu_count()} CPU cores")
+    print(f"text throughput: {n:,} synthetic passages, device {args.device}, {os.cpu_count()} CPU cores")
     for kind in args.kinds.split(","):
         cfg = run_config(kind, built, str(work / "runs"), args.device, args.encoder)
         before = bare_loop(cfg, args.device)

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from raytt import commands, config, flags, shipped
 from raytt.corpus.config import IngestConfig
+from raytt.decoding import DecodeConfig
 from raytt.errors import RayttError
 from raytt.flags import add_config_flags
 from raytt.sequences import SPLITS, BuildConfig
+from raytt.serving import ServeConfig
 from raytt.sources import ImportConfig
 from raytt.synthetic import SynthConfig
 from raytt.text.config import TextTrainConfig
@@ -38,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_run_commands(sub)
     add_text_commands(sub)
+    add_product_commands(sub)
     add_config_commands(sub)
     return top
 
@@ -50,6 +53,8 @@ CONFIG_KINDS = {
     "synth": SynthConfig,
     "ingest": IngestConfig,
     "import-bank": ImportConfig,
+    "rollout": DecodeConfig,
+    "serve": ServeConfig,
 }
 
 
@@ -106,6 +111,55 @@ def add_data_commands(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="bank directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bank (and any unfinished ingest)")
     add_config_flags(p, IngestConfig)
+
+
+def add_product_commands(sub) -> None:
+    """A trained tower as a product: export it, search with it, roll it forward (dual-path decoding)."""
+    p = sub.add_parser("export", help="a run's tower as a folder: safetensors, torch.export query tower, ANN index")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--out", type=Path, required=True, help="export folder to write")
+    p.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint directory")
+    p.add_argument("--index-factory", default="", help="a faiss.index_factory string (default: by bank size)")
+    p.add_argument("--target-recall", type=float, default=0.98, help="ANN Recall@10 against exact to calibrate to")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+
+    p = sub.add_parser("search", help="the bank chunks an exported tower predicts next, for keys or texts")
+    p.add_argument("folder", type=Path, help="an export folder (raytt export)")
+    p.add_argument(
+        "--context-keys", action="append", default=[], metavar="K1,K2,...", help="one context's bank keys (repeatable)"
+    )
+    p.add_argument("--text", action="append", default=[], help="one chunk text of a single context (repeatable)")
+    p.add_argument("--k", type=int, default=10, help="how many chunks to return")
+    p.add_argument("--exact", action="store_true", help="scan the whole index instead of the ANN index")
+    p.add_argument("--bank", type=Path, help="the bank (needed for key contexts when the doc tower is trained)")
+
+    p = sub.add_parser("rollout", help="dual-path decoding (SNAP/BLEND/NOVEL) of held-out articles, with telemetry")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--split", default="test", help="train, val or test")
+    p.add_argument("--steps", type=int, default=8, help="vectors to generate after each article's first k chunks")
+    p.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint directory")
+    p.add_argument("--max-articles", type=int, default=0, help="roll a fixed random subset (0 = every article)")
+    p.add_argument("--out", type=Path, help="report folder (default: RUN/rollout/SPLIT)")
+    add_config_flags(p, DecodeConfig)
+
+    p = sub.add_parser("serve", help="an exported tower behind Ray Serve: /search, /rollout, /health over HTTP JSON")
+    p.add_argument("folder", type=Path, help="an export folder (raytt export)")
+    p.add_argument("--bank", type=Path, help="the bank (needed for key contexts when the doc tower is trained)")
+    add_config_flags(p, ServeConfig)
+
+
+def _search(args: argparse.Namespace) -> None:
+    if bool(args.context_keys) == bool(args.text):
+        raise RayttError("search: give --context-keys (repeatable) or --text (repeatable), not both or neither")
+    contexts = args.text or [_keys(value) for value in args.context_keys]
+    commands.search(args.folder, contexts, args.k, args.exact, args.bank)
+
+
+def _keys(value: str) -> list[int]:
+    try:
+        return [int(k) for k in value.split(",") if k.strip()]
+    except ValueError:
+        raise RayttError(f"search: --context-keys takes comma-separated integers, got {value!r}") from None
 
 
 def add_text_commands(sub) -> None:
@@ -263,6 +317,12 @@ HANDLERS = {
     ),
     "text-eval": lambda a: commands.text_eval(
         a.folder, a.split, a.out, a.embedder, a.max_queries, a.run, a.encode_actors
+    ),
+    "export": lambda a: commands.export(a.run, a.out, a.checkpoint, a.index_factory, a.target_recall, a.overwrite),
+    "search": _search,
+    "serve": lambda a: commands.serve(a.folder, a.bank, config_from_args(ServeConfig, a)),
+    "rollout": lambda a: commands.rollout(
+        a.run, a.split, a.steps, config_from_args(DecodeConfig, a), a.checkpoint, a.max_articles, a.out
     ),
     "demo": lambda a: commands.demo(a.out, num_vectors=a.num_vectors, train_config=shipped.resolve(a.train_config)),
     "config": _config,

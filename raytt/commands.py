@@ -384,3 +384,87 @@ def import_bank(
     from raytt.sources import import_bank as run_import
 
     return run_import(src, out, cfg or ImportConfig(), overwrite=overwrite, progress=progress)
+
+
+def export(
+    run: str | Path,
+    out: str | Path,
+    checkpoint: str = "best",
+    index_factory: str = "",
+    target_recall: float = 0.98,
+    overwrite: bool = False,
+    progress: Progress = say,
+) -> Path:
+    """A run's tower as a self-contained folder: weights, config, torch.export query tower, ANN index, keys."""
+    from raytt.export import export as run_export
+
+    return run_export(run, out, checkpoint, index_factory, target_recall, overwrite, progress)
+
+
+def search(
+    folder: str | Path,
+    contexts: list,
+    k: int = 10,
+    exact: bool = False,
+    bank: str | Path | None = None,
+    progress: Progress = print,
+):
+    """The top `k` bank chunks after each context (lists of keys, or one list of texts), printed as a table."""
+    from raytt.retriever import Retriever
+
+    retriever = Retriever.load(folder, bank)
+    hits = retriever.search(contexts, k, exact)
+    for i in range(len(hits.keys)):
+        progress(f"context {i}: top {k} of {len(retriever.vectors):,} ({'exact' if exact else 'index'})")
+        for rank, row in enumerate(hits.rows(i), 1):
+            text = str(row.get("text") or "").replace("\n", " ")
+            progress(
+                f"  {rank:>3}  key {row['key']:<9} score {row['score']:.4f}  {row['article_id']}#{row['position']}"
+                + (f"  {text[:70]}" if text else "")
+            )
+    return hits
+
+
+def serve(folder: str | Path, bank: str | Path | None = None, cfg=None, progress: Progress = print) -> str:
+    """Serve an export with Ray Serve until Ctrl-C (see `raytt.serving`)."""
+    from raytt.serving import ServeConfig
+    from raytt.serving import serve as run_serve
+
+    return run_serve(folder, bank, cfg or ServeConfig(), progress)
+
+
+def rollout(
+    run: str | Path,
+    split: str = "test",
+    steps: int = 8,
+    cfg=None,
+    checkpoint: str = "best",
+    max_articles: int = 0,
+    out: str | Path | None = None,
+    progress: Progress = say,
+) -> dict:
+    """Dual-path decoding of a split's articles by the run's tower and the heuristic rollouts; writes
+    RUN/rollout/SPLIT/ (report.json, report.md, rollout.png)."""
+    from raytt import rollout as rollouts
+    from raytt.checkpoints import load_model, resolve
+    from raytt.config import load
+    from raytt.decoding import DecodeConfig
+    from raytt.training.config import TrainConfig
+
+    if split not in SPLITS:
+        raise RayttError(f"rollout: --split must be one of {SPLITS}, got {split!r}")
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise RayttError(f"{run}: not a run directory (no config.yaml); train one with `raytt train`")
+    shards = open_shards(load(TrainConfig, run / "config.yaml").data.shards)
+    bank = load_bank(bank_of(shards))
+    folder = resolve(run, checkpoint)
+    model, _ = load_model(folder)
+    report = rollouts.rollout(
+        model, bank, shards.articles(split), shards.context_len, steps, cfg or DecodeConfig(), max_articles, progress
+    )
+    report.update(split=split, run=str(run), checkpoint=str(folder), bank=str(bank.path))
+    written = rollouts.write(report, out or run / "rollout" / split)
+    progress(rollouts.console(report))
+    progress(f"rollout: wrote {written / 'report.md'} and rollout.png")
+    return report

@@ -17,7 +17,7 @@ os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pytest  # noqa: E402
-from helpers import QUIET, SMALL, LocalCluster  # noqa: E402
+from helpers import QUIET, SMALL, LocalCluster, fake_run  # noqa: E402
 
 from raytt.bank import scan_bank  # noqa: E402
 from raytt.sequences import BuildConfig, build_shards  # noqa: E402
@@ -57,6 +57,16 @@ def synth_shards(synth_bank, tmp_path_factory):
     path = tmp_path_factory.mktemp("shards") / "shards"
     build_shards(scan_bank(synth_bank), path, BuildConfig(context_len=4), progress=QUIET)
     return path
+
+
+@pytest.fixture(scope="session")
+def exported(synth_shards, tmp_path_factory):
+    """A seeded GRU tower's run and its export (IVF index, calibrated): (run, export folder)."""
+    from raytt.export import export
+
+    root = tmp_path_factory.mktemp("export")
+    run = fake_run(root, synth_shards)
+    return run, export(run, root / "export", factory="IVF16,Flat", progress=QUIET)
 
 
 class RayInstance:

@@ -72,3 +72,24 @@ class LocalCluster:
 
     def shutdown(self) -> None:
         self.cluster.shutdown()
+
+
+def fake_run(root, shards, query: str = "gru", dim: int = 64, seed: int = 0):
+    """A run directory as `raytt train` leaves one (config.yaml, best/), holding a seeded untrained tower."""
+    import dataclasses
+
+    import torch
+
+    from raytt import checkpoints, config
+    from raytt.towers import TowerConfig, TwoTower
+    from raytt.training.config import TrainConfig
+
+    tower = TowerConfig(query=query, hidden=32)
+    torch.manual_seed(seed)
+    model = TwoTower(tower, dim)
+    run = root / "run"
+    (run / "best").mkdir(parents=True)
+    config.dump(config.from_dict(TrainConfig, {"name": "run", "data": {"shards": str(shards)}}), run / "config.yaml")
+    meta = {"step": 1, "epoch": 1, "tower": dataclasses.asdict(tower), "dim": dim}
+    checkpoints.save(run / "best", model, {}, meta)
+    return run

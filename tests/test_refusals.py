@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import QUIET, SMALL
+from helpers import QUIET, SMALL, fake_run
 
 from raytt import config
 from raytt.cli import main
@@ -58,6 +58,13 @@ class Workspace:
             "name=r",
         ]
         return ["train", *[x for s in (*base, *sets) for x in ("--set", s)]]
+
+
+def _export(ws: Workspace) -> Path:
+    """An export of a seeded untrained tower over the session's shards (context_len 4)."""
+    from raytt.export import export
+
+    return export(fake_run(ws.root, ws.shards), ws.root / "export", progress=QUIET)
 
 
 def _leaked_val(ws: Workspace) -> Path:
@@ -308,6 +315,26 @@ CASES: list[Case] = [
         lambda ws: ["text-eval", str(_beir(ws)), "--out", "ev", "--run", "runs/r"],
         "text-eval --run needs a set built by raytt text-build",
     ),
+    ("export-not-a-run", lambda ws: ["export", "nowhere", "--out", "e"], "nowhere: not a run directory"),
+    (
+        "search-incomplete-export",
+        lambda ws: ["search", str(ws.write("e/config.json", "{}").parent), "--context-keys", "1,2"],
+        "not a complete export: missing model.safetensors",
+    ),
+    (
+        "search-context-too-long",
+        lambda ws: ["search", str(_export(ws)), "--context-keys", "1,2,3,4,5"],
+        "context 0 has 5 chunks: the tower reads 1 to 4",
+    ),
+    (
+        "rollout-unknown-lane",
+        lambda ws: (
+            ["rollout", str(fake_run(ws.root, ws.shards)), "--lane-column", "article_id"]
+            + ["--set", "lanes.legal.snap=0.94"]
+        ),
+        "unknown lane(s) ['legal']",
+    ),
+    ("serve-open-address", lambda ws: ["serve", "nowhere", "--host", "0.0.0.0"], "reachable beyond this machine"),
 ]
 ON_SESSION_RAY: list[Case] = [
     (
