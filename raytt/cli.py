@@ -148,6 +148,17 @@ def add_product_commands(sub) -> None:
     add_config_flags(p, ServeConfig)
 
 
+def _search_config(args: argparse.Namespace):
+    """A training search (SearchConfig) or, when the file names a `rollout:` run, a decoding search."""
+    from raytt.rollout_tuning import RolloutSearch, is_rollout_search
+
+    if args.config is not None:
+        path = shipped.resolve(args.config)
+        if is_rollout_search(config.read_mapping(path)):
+            return config.load(RolloutSearch, path, args.set)
+    return config_from_args(SearchConfig, args)
+
+
 def _search(args: argparse.Namespace) -> None:
     if bool(args.context_keys) == bool(args.text):
         raise RayttError("search: give --context-keys (repeatable) or --text (repeatable), not both or neither")
@@ -307,7 +318,7 @@ HANDLERS = {
     "ingest": lambda a: commands.ingest(a.input, a.out, config_from_args(IngestConfig, a), overwrite=a.overwrite),
     "train": _train,
     "text-train": _text_train,
-    "tune": lambda a: commands.tune(a.resume or config_from_args(SearchConfig, a)),
+    "tune": lambda a: commands.tune(a.resume or _search_config(a)),
     "eval": lambda a: commands.evaluate(a.run, a.shards, a.bank, a.checkpoint, a.split, a.out, a.max_queries, a.device),
     "compare": lambda a: commands.compare(a.runs, a.view),
     "text-build": lambda a: commands.text_build(a.folder, a.out, a.min_train_queries, a.overwrite),

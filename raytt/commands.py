@@ -204,7 +204,10 @@ def dry_run(cfg, progress: Progress = say) -> list[str]:
 def tune(search_or_resume, progress: Progress = say) -> list[dict]:
     """Run a search (a SearchConfig), or resume one from its directory; see `raytt.tuning`."""
     from raytt import tuning as search_module
+    from raytt.rollout_tuning import RolloutSearch, tune_rollout
 
+    if isinstance(search_or_resume, RolloutSearch):
+        return tune_rollout(search_or_resume, progress=progress)
     if isinstance(search_or_resume, search_module.SearchConfig):
         return search_module.tune(search_or_resume, progress=progress)
     return search_module.tune(search_module.load_search(search_or_resume), resume=True, progress=progress)

@@ -35,6 +35,7 @@ class ServeConfig:
     port: int = field(default=8000, metadata=doc("HTTP port"))
     token_file: str = field(default="", metadata=doc("file holding the bearer token requests must carry"))
     max_k: int = field(default=1000, metadata=doc("largest k a request may ask for"))
+    access_log: bool = field(default=False, metadata=doc("log every request (Ray Serve's access log)"))
 
     def __post_init__(self) -> None:
         if self.replicas < 1 or self.max_batch_size < 1 or self.max_k < 1:
@@ -99,6 +100,7 @@ def deployment(folder: str, bank: str | None, cfg: ServeConfig):
         num_replicas=cfg.replicas,
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
         max_ongoing_requests=max(2 * cfg.max_batch_size, 8),
+        logging_config={"enable_access_log": cfg.access_log},
     )
     class RetrieverService:
         def __init__(self) -> None:
@@ -130,6 +132,18 @@ def deployment(folder: str, bank: str | None, cfg: ServeConfig):
                 return JSONResponse({"error": str(exc)}, status_code=400)
 
     return RetrieverService.bind()
+
+
+def app(args: dict):
+    """Ray Serve application builder (`import_path: raytt.serving:app`, as KubeRay's RayService and `serve run`
+    use it): `folder`, optional `bank`, and any `ServeConfig` field."""
+    from raytt import config
+
+    args = dict(args)
+    if "folder" not in args:
+        raise ConfigError("raytt.serving:app needs args.folder (an export folder)")
+    folder, bank = args.pop("folder"), args.pop("bank", None)
+    return deployment(folder, bank, config.from_dict(ServeConfig, args, "serve application args"))
 
 
 def batched_search(retriever, items: list[tuple[np.ndarray, np.ndarray, int, bool]]) -> list[list[list[dict]]]:
@@ -183,6 +197,10 @@ def serve(folder: str | Path, bank: str | Path | None, cfg: ServeConfig, progres
     ray_serve.run(app, name="raytt", route_prefix="/")
     url = f"http://{cfg.host}:{cfg.port}"
     progress(f"serve: {folder} at {url} (/search, /rollout, /health), {cfg.replicas} replica(s); Ctrl-C stops it")
-    while block:
-        time.sleep(3600)
+    try:
+        while block:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        ray_serve.shutdown()
+        progress("serve: stopped")
     return url

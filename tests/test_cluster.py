@@ -97,3 +97,23 @@ def test_launcher_and_manifest_examples_name_real_entrypoints():
     for script in ("jobs/train.py", "jobs/tune.py"):
         assert script in text or script.replace("jobs/", "/home/ray/raytt/jobs/") in text
         assert (REPO / script).is_file()
+
+
+def test_the_rayservice_serves_raytts_application_behind_a_token():
+    import importlib
+
+    from raytt.serving import ServeConfig
+
+    doc = yaml.safe_load((CLUSTER / "kuberay" / "rayservice.yaml").read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayService"
+    spec = doc["spec"]["rayClusterConfig"]
+    assert spec["authOptions"]["mode"] == "token" and spec["headGroupSpec"]["serviceType"] == "ClusterIP"
+    (application,) = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]
+    module, name = application["import_path"].split(":")
+    assert callable(getattr(importlib.import_module(module), name))
+    args = dict(application["args"])
+    assert args.pop("folder") and args["token_file"]
+    config.from_dict(ServeConfig, args)  # every other arg is a ServeConfig field
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        assert {m["name"] for m in pod["containers"][0]["volumeMounts"]} <= {v["name"] for v in pod["volumes"]}

@@ -112,3 +112,34 @@ def test_decode_never_retrieves_a_key_the_history_holds():
     steps = decode(lambda c, n: c[:, -1], search, bank, bank[[[0, 1, 2]]], np.array([3]), always, 3, [[0, 1, 2]])
     retrieved = [int(s.keys[0, 0]) for s in steps]
     assert 2 not in retrieved and len(set(retrieved)) == 3  # each snapped key joins the history
+
+
+def test_a_rollout_search_scores_every_trial_and_writes_the_best_decode_config(synth_shards, tmp_path, ray_local):
+    from raytt.rollout_tuning import RolloutSearch, tune_rollout
+
+    run = fake_run(tmp_path, synth_shards)
+    search = config.from_dict(
+        RolloutSearch,
+        {
+            "rollout": str(run),
+            "storage": str(tmp_path / "tune"),
+            "steps": 2,
+            "max_articles": 6,
+            "search": "grid",
+            "num_samples": 1,
+            "space": {"snap": {"kind": "grid", "values": [0.5, 0.99]}, "novel": {"kind": "grid", "values": [0.2, 0.7]}},
+        },
+    )
+    rows = tune_rollout(search, progress=lambda _: None)
+    assert len(rows) == 4 and sum(r["valid"] for r in rows) == 3  # novel 0.7 > snap 0.5 scores the worst
+    assert rows[0]["cos_truth"] == max(r["cos_truth"] for r in rows)
+    best = config.load(DecodeConfig, tmp_path / "tune" / "rollout" / "best.yaml")
+    assert (best.snap, best.novel) == (rows[0]["snap"], rows[0]["novel"])
+    assert (tmp_path / "tune" / "rollout" / "results.csv").is_file()
+
+
+def test_a_rollout_search_refuses_a_key_decoding_lacks():
+    from raytt.rollout_tuning import RolloutSearch
+
+    with pytest.raises(ConfigError, match="space.snapp: not a decode setting"):
+        config.from_dict(RolloutSearch, {"rollout": "r", "space": {"snapp": {"values": [0.9]}}})

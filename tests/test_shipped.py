@@ -9,6 +9,7 @@ import pytest
 
 from raytt import config
 from raytt.corpus.config import IngestConfig
+from raytt.rollout_tuning import RolloutSearch, is_rollout_search
 from raytt.sequences import BuildConfig, open_shards
 from raytt.synthetic import SynthConfig
 from raytt.text.config import TextTrainConfig
@@ -32,7 +33,8 @@ KINDS = {
 def test_shipped_config_loads(path):
     kind = path.stem.split("_")[0]
     assert kind in KINDS, f"{path.name}: name must start with one of {sorted(KINDS)}"
-    config.load(KINDS[kind], path)
+    rollout = is_rollout_search(config.read_mapping(path))
+    config.load(RolloutSearch if rollout else KINDS[kind], path)
 
 
 @pytest.mark.integration
@@ -55,7 +57,10 @@ def test_prepare_job_entrypoint(tmp_path):
     assert open_shards(tmp_path / "run" / "shards").rows("train") > 1000
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("tune_*.yaml")), ids=lambda p: p.name)
+TRAINING_SEARCHES = [p for p in sorted((ROOT / "configs").glob("tune_*.yaml")) if "rollout" not in p.stem]
+
+
+@pytest.mark.parametrize("path", TRAINING_SEARCHES, ids=lambda p: p.name)
 def test_shipped_search_space_fits_its_training_config(path, monkeypatch):
     from raytt.tuning import base_config, check_space
 
