@@ -1,8 +1,9 @@
 """raytt: distributed training of two-tower retrievers on Ray.
 
 The subcommands of the `raytt` CLI are importable functions: `synth`, `ingest`, `build`,
-`import_vectors`, `import_bank`, `inspect`, `train`, `evaluate`, `compare`, `demo`, `export`, `rollout` (see
-`raytt.commands`), and `raytt.Retriever` searches an export. They are loaded on first use, so Ray actors and
+`import_vectors`, `import_bank`, `inspect`, `train`, `evaluate`, `compare`, `demo` (see `raytt.commands`, which
+also holds `export`, `search`, `serve` and `rollout`: `raytt.export` and `raytt.rollout` are modules), and
+`raytt.Retriever` searches an export. They are loaded on first use, so Ray actors and
 workers that import a submodule do not import the CLI layer.
 """
 
@@ -12,12 +13,10 @@ __all__ = [
     "compare",
     "demo",
     "evaluate",
-    "export",
     "import_bank",
     "import_vectors",
     "ingest",
     "inspect",
-    "rollout",
     "synth",
     "train",
 ]
