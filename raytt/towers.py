@@ -20,18 +20,21 @@ from torch import nn
 from raytt.config import doc
 from raytt.tensors import as_tensor, gather
 
-QueryKind = Literal["last", "mean", "exp", "gru", "lstm", "transformer", "mix"]
+QueryKind = Literal["last", "mean", "exp", "gru", "lstm", "transformer", "mix", "ssm"]
 DocKind = Literal["identity", "mlp"]
 PARAMETER_FREE = ("last", "mean", "exp")
 
 
 @dataclass
 class TowerConfig:
-    query: QueryKind = field(default="gru", metadata=doc("query tower: last|mean|exp|gru|lstm|transformer|mix"))
+    query: QueryKind = field(
+        default="gru", metadata=doc("query tower: last|mean|exp|gru|lstm|transformer|mix|ssm (selective scan)")
+    )
     alpha: float = field(default=0.5, metadata=doc("exp tower: weight alpha**d for the chunk d steps back"))
     hidden: int = field(default=0, metadata=doc("hidden width of trainable towers (0 = bank dim)"))
     layers: int = field(default=1, metadata=doc("recurrent / transformer layers"))
     heads: int = field(default=4, metadata=doc("transformer attention heads"))
+    state: int = field(default=16, metadata=doc("ssm tower: the selective scan's state size per channel"))
     window: int = field(
         default=8,
         metadata=doc("mix tower: how many of the last chunks it reads (their pairwise dot products set the weights)"),
@@ -43,7 +46,10 @@ class TowerConfig:
     )
     gate: bool = field(
         default=False,
-        metadata=doc("scale the trained correction by a learned scalar that starts at 0: the tower starts at its base"),
+        metadata=doc(
+            "scale each trained correction (query tower; mlp doc tower) by a learned scalar that starts at 0: the "
+            "towers start at their base (the heuristic; the bank itself)"
+        ),
     )
     doc: DocKind = field(default="identity", metadata=doc("doc tower: identity (the bank is the index) or mlp"))
 
@@ -54,8 +60,8 @@ class TowerConfig:
             raise ValueError(f"tower.residual_alpha must be in [0, 1], got {self.residual_alpha}")
         if self.gate and not self.residual:
             raise ValueError("tower.gate needs tower.residual: the gate blends a correction into the residual base")
-        if self.hidden < 0 or self.layers < 1 or self.heads < 1 or self.window < 1:
-            raise ValueError("tower.hidden must be >= 0, tower.layers, tower.heads and tower.window >= 1")
+        if self.hidden < 0 or self.layers < 1 or self.heads < 1 or self.window < 1 or self.state < 1:
+            raise ValueError("tower.hidden must be >= 0, tower.layers, tower.heads, tower.window and tower.state >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"tower.dropout must be in [0, 1), got {self.dropout}")
 
@@ -170,6 +176,10 @@ class QueryTower(nn.Module):
             self.body = WeightedMean(cfg.alpha)
         elif cfg.query in ("gru", "lstm"):
             self.body = Recurrent(cfg.query, dim, hidden, cfg.layers, cfg.dropout)
+        elif cfg.query == "ssm":
+            from raytt.ssm import SelectiveScanTower
+
+            self.body = SelectiveScanTower(dim, hidden, cfg.layers, cfg.state, cfg.dropout)
         elif cfg.query == "mix":
             self.body = AdaptiveMix(dim, hidden, cfg.window, cfg.dropout)
         else:
@@ -185,19 +195,22 @@ class QueryTower(nn.Module):
 
 
 class DocTower(nn.Module):
-    """Bank vectors -> index vectors. `identity` keeps the bank as the index; `mlp` learns a residual map."""
+    """Bank vectors -> index vectors. `identity` keeps the bank as the index; `mlp` learns a residual map,
+    scaled by a learned scalar that starts at 0 when `gate` is set (step 0's index is then the bank itself)."""
 
-    def __init__(self, kind: DocKind, dim: int, hidden: int) -> None:
+    def __init__(self, kind: DocKind, dim: int, hidden: int, gate: bool = False) -> None:
         super().__init__()
         self.kind = kind
         self.mlp = (
             None if kind == "identity" else nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         )
+        self.gate = nn.Parameter(torch.zeros(())) if gate and self.mlp is not None else None
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         if self.mlp is None:
             return vectors
-        return F.normalize(vectors + self.mlp(vectors), dim=-1)
+        correction = self.mlp(vectors) if self.gate is None else self.gate * self.mlp(vectors)
+        return F.normalize(vectors + correction, dim=-1)
 
 
 class TwoTower(nn.Module):
@@ -208,7 +221,7 @@ class TwoTower(nn.Module):
         self.cfg = cfg
         self.dim = dim
         self.query = QueryTower(cfg, dim)
-        self.doc = DocTower(cfg.doc, dim, cfg.hidden or dim)
+        self.doc = DocTower(cfg.doc, dim, cfg.hidden or dim, cfg.gate)
 
     @property
     def trainable(self) -> bool:

@@ -137,3 +137,16 @@ def test_baselines_are_the_parameter_free_towers_by_name():
     assert sorted(got) == ["exp0.5", "last", "mean"]
     np.testing.assert_allclose(got["exp0.5"], exp_weighted(ctx, lengths, 0.5), atol=1e-5)
     np.testing.assert_allclose(got["last"], last(ctx, lengths), atol=1e-5)
+
+
+def test_a_gated_mlp_doc_tower_starts_as_the_identity_and_then_learns():
+    import torch
+
+    from raytt.towers import TowerConfig, TwoTower
+
+    torch.manual_seed(0)
+    model = TwoTower(TowerConfig(query="gru", hidden=16, residual=True, gate=True, doc="mlp"), 8)
+    bank = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    torch.testing.assert_close(model.encode_docs(bank), bank)
+    model.encode_docs(bank).sum().backward()
+    assert model.doc.gate.grad is not None and model.doc.gate.grad != 0
