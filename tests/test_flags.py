@@ -19,7 +19,7 @@ def test_train_help_lists_every_section_with_choices_and_defaults(capsys):
     text = _help(capsys, "train")
     for flag in ("--optim.lr", "--loss.tau", "--data.batch-size", "--mining.actor-cpus", "--tower.query"):
         assert flag in text, flag
-    assert "{last,mean,exp,gru,lstm,transformer,mix}" in text and "--use-gpu, --no-use-gpu" in text
+    assert "{last,mean,exp,gru,lstm,transformer,mix,ssm}" in text and "--use-gpu, --no-use-gpu" in text
     assert "(default: 0.002)" in text
     assert "--fail-at-step" not in text and "--mining.fault" not in text, "test hooks stay out of --help"
 
