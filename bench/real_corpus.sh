@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real-corpus benchmark: the Python 3.11 documentation (apt install python3.11-doc) ingested with
-# raytt ingest, shards with context 5 split by page, the heuristic baselines, every configs/pydocs_*.yaml
-# tower trained and evaluated on the test pages, and one table per view.
+# raytt ingest, shards split by page with 5 and with 20 context chunks (the same rows), the heuristic
+# baselines, every configs/pydocs_*.yaml tower trained on the shards its config names and evaluated on
+# the test pages, and one table per view.
 # Usage: bash bench/real_corpus.sh [OUT_DIR]   (default runs/pydocs; re-runs reuse the bank and shards)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,12 +17,15 @@ if [ ! -d "$HTML" ]; then
 fi
 [ -d "$OUT/bank" ] || "$RAYTT" ingest --input "$HTML" --out "$OUT/bank" --config configs/ingest_pydocs.yaml
 [ -d "$OUT/shards" ] || "$RAYTT" build --bank "$OUT/bank" --out "$OUT/shards" --config configs/build_pydocs.yaml
+[ -d "$OUT/shards20" ] || "$RAYTT" build --bank "$OUT/bank" --out "$OUT/shards20" --config configs/build_pydocs.yaml \
+  --context-len 20
 "$RAYTT" eval --shards "$OUT/shards" --out "$OUT/baselines" --split test
 runs=()
 for cfg in configs/pydocs_*.yaml; do
   name=$(basename "$cfg" .yaml)
-  rm -rf "$OUT/$name"
-  "$RAYTT" train --config "$cfg" --set data.bank="$OUT/bank" --set data.shards="$OUT/shards" \
+  shards=$(awk '$1 == "shards:" {print $2}' "$cfg" | xargs basename)  # shards or shards20
+  rm -rf "${OUT:?}/$name"
+  "$RAYTT" train --config "$cfg" --set data.bank="$OUT/bank" --set data.shards="$OUT/$shards" \
     --set storage="$OUT" --set name="$name" --eval test
   runs+=("$OUT/$name")
 done

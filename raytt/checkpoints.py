@@ -142,6 +142,34 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[TwoTower, dict]
     return model.to(device).eval(), meta
 
 
+def init_folder(path: str | Path) -> Path:
+    """The checkpoint a fine-tuning run starts from: `path` itself, or the `best/` of the run at `path`."""
+    path = Path(path)
+    for folder in (path, path / "best"):
+        if (folder / MODEL).is_file() and (folder / META).is_file():
+            return folder
+    raise RayttError(f"init_from {path}: no checkpoint there (neither {path}/{MODEL} nor {path}/best/{MODEL})")
+
+
+def check_init(path: str | Path, tower: TowerConfig, dim: int) -> Path:
+    """Refuse a starting checkpoint whose parameters do not fit this run's tower and dim; its folder if they do."""
+    folder = init_folder(path)
+    meta = read_meta(folder)
+    if int(meta.get("dim", -1)) != dim:
+        raise RayttError(f"init_from {folder}: weights for {meta.get('dim')}-d vectors, this bank is {dim}-d")
+    want = {k: tuple(v.shape) for k, v in TwoTower(tower, dim).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in torch.load(folder / MODEL, weights_only=True, map_location="cpu").items()}
+    wrong = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    if wrong:
+        theirs = config.to_dict(config.from_dict(TowerConfig, meta["tower"], str(folder / META), "tower"))
+        differ = sorted(k for k, v in config.to_dict(tower).items() if theirs.get(k) != v)
+        raise RayttError(
+            f"init_from {folder}: its tower does not fit this run's ({len(wrong)} parameter(s) differ, e.g. "
+            f"{', '.join(wrong[:3])}; tower settings that differ: {', '.join(differ) or 'none'})"
+        )
+    return folder
+
+
 def remote_newest_first(remote: str, run_dir: Path) -> Iterator[Path]:
     """A URI run's checkpoints, newest first, each downloaded into the local mirror `run_dir` when tried."""
     for name in sorted((n for n in list_dirs(remote) if n.startswith(PREFIX)), reverse=True):

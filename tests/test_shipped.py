@@ -23,6 +23,8 @@ KINDS = {
     "demo": TrainConfig,
     "wiki768": TrainConfig,
     "pydocs": TrainConfig,
+    "multi": TrainConfig,
+    "finetune": TrainConfig,
     "tune": SearchConfig,
     "ingest": IngestConfig,
     "text": TextTrainConfig,

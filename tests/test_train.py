@@ -353,3 +353,31 @@ def test_a_full_disk_ends_the_run_naming_the_checkpoint_and_keeps_the_earlier_on
     assert kept == ["checkpoint_000000010", "checkpoint_000000020"], "no partial checkpoint, the earlier ones intact"
     for name in kept:
         checkpoints.read(cfg.run_dir / name)
+
+
+def test_init_from_starts_a_run_from_another_runs_weights(ray_local, synth_bank, synth_shards, tmp_path):
+    """Fine-tuning: at a vanishing learning rate the new run validates where the run it started from ended."""
+    base = train(
+        _cfg(synth_bank, synth_shards, tmp_path, name="base", workers=0, **{"optim.epochs": 1}), progress=QUIET
+    )
+    over = {"optim.epochs": 1, "optim.lr": 1e-12, "init_from": tmp_path / "base"}
+    tuned = train(_cfg(synth_bank, synth_shards, tmp_path, name="tuned", workers=0, **over), progress=QUIET)
+    assert tuned["best"]["value"] == pytest.approx(base["best"]["value"], abs=1e-3)
+    assert "starting from the weights of" in (tmp_path / "tuned" / "train.log").read_text()
+    fresh = train(
+        _cfg(synth_bank, synth_shards, tmp_path, name="fresh", workers=0, **{"optim.epochs": 1, "optim.lr": 1e-12}),
+        progress=QUIET,
+    )
+    assert fresh["best"]["value"] < base["best"]["value"] - 0.05, "an untrained tower is the comparison"
+
+
+def test_init_from_refuses_a_missing_or_unfitting_checkpoint(ray_local, synth_bank, synth_shards, tmp_path):
+    train(_cfg(synth_bank, synth_shards, tmp_path, name="gru", workers=0, **{"optim.epochs": 1}), progress=QUIET)
+    with pytest.raises(RayttError, match="init_from .*no checkpoint there"):
+        train(
+            _cfg(synth_bank, synth_shards, tmp_path, name="a", workers=0, init_from=tmp_path / "nope"), progress=QUIET
+        )
+    over = {"init_from": tmp_path / "gru", "tower.query": "lstm"}
+    with pytest.raises(RayttError, match="does not fit this run's.*tower settings that differ: query"):
+        train(_cfg(synth_bank, synth_shards, tmp_path, name="b", workers=0, **over), progress=QUIET)
+    assert not (tmp_path / "b").exists(), "refused before the run directory is made"

@@ -24,7 +24,7 @@ from raytt import config
 from raytt.bank import BankManifest, write_bank_blocks
 from raytt.corpus.chunk import ChunkSpec, chunk
 from raytt.corpus.config import IngestConfig
-from raytt.corpus.embed import Encoder, load, resolve
+from raytt.corpus.embed import Encoder, load, resolve, resolved_precision
 from raytt.corpus.extract import SUFFIXES, paragraphs
 from raytt.devices import resolve_device
 from raytt.errors import RayttError
@@ -99,7 +99,8 @@ def ingest(
     done = _resume(partial, plan, len(shards), overwrite, progress)
     progress(
         f"ingest: {len(files):,} documents under {root} in {len(shards)} shard(s) ({len(done)} already done); "
-        f"embedder {embedder_id} (dim {dim}) on {device}, {cfg.actors} actor(s)"
+        f"embedder {embedder_id} (dim {dim}) on {device} in {resolved_precision(cfg.precision, device)}, "
+        f"{cfg.actors} actor(s)"
     )
     pending = [i for i in range(len(shards)) if i not in done]
     if pending:
@@ -162,6 +163,7 @@ def _run(
             "device": device,
             "batch_size": cfg.batch_size,
             "threads": threads,
+            "precision": resolved_precision(cfg.precision, device),
         },
         batch_size=cfg.batch_size * ROWS_PER_CALL,
         concurrency=cfg.actors,

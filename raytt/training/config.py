@@ -134,6 +134,13 @@ class TrainConfig(Located):
             hidden=True,
         ),
     )
+    init_from: str = field(
+        default="",
+        metadata=doc(
+            "fine-tuning: a run directory (its best/) or a checkpoint folder whose weights start this run; the "
+            "optimizer, schedule and data order start fresh (a re-run of this name resumes its own checkpoints)"
+        ),
+    )
     data: DataConfig = field(default_factory=DataConfig)
     tower: TowerConfig = field(default_factory=TowerConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -95,7 +95,8 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
         cfg.data, bank=str(Path(cfg.data.bank).resolve()), shards=str(Path(cfg.data.shards).resolve())
     )
     storage = cfg.storage if cfg.remote else str(Path(cfg.storage).resolve())
-    return dataclasses.replace(cfg, storage=storage, data=data)
+    init_from = str(Path(cfg.init_from).resolve()) if cfg.init_from else ""
+    return dataclasses.replace(cfg, storage=storage, data=data, init_from=init_from)
 
 
 def prepare(cfg: TrainConfig, progress: Progress = say, check_run: bool = True) -> Prepared:
@@ -117,6 +118,8 @@ def prepare(cfg: TrainConfig, progress: Progress = say, check_run: bool = True) 
     cfg.mining.curriculum.check_covers(cfg.optim.epochs)
     if cfg.mining.index == "factory":
         check_factory(cfg.mining.factory, bank.dim)
+    if cfg.init_from:
+        progress(f"train: starts from the weights in {checkpoints.check_init(cfg.init_from, cfg.tower, bank.dim)}")
     progress(
         f"train: {train_rows:,} train rows, {len(val):,} val queries against {bank.num_vectors:,} x {bank.dim}; "
         f"{describe(TwoTower(cfg.tower, bank.dim))}; {max(1, cfg.workers)} worker(s)"

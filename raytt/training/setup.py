@@ -53,6 +53,12 @@ class Trainee:
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
 
+    def start_from(self, weights: dict) -> None:
+        """Fine-tuning: these weights (and the EMA copy), with the optimizer and schedule left fresh."""
+        self.model.load_state_dict(weights)
+        if self.ema is not None:
+            self.ema.load_state_dict(weights)
+
 
 def build_trainee(cfg: TrainConfig, dim: int, device: torch.device, world_size: int, total_steps: int) -> Trainee:
     """Seeded model, AdamW with warm-up then cosine decay over `total_steps`, and the EMA copy if asked."""

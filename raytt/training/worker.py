@@ -194,7 +194,12 @@ class WorkerRun:
 
     def _restore(self, reported, resume: str | None) -> None:
         """Continue from the run's newest readable checkpoint (see `restore`)."""
-        self.position = restore(self.cfg, self.trainee, reported, resume, self.log, self.world.device) or self.position
+        restored = restore(self.cfg, self.trainee, reported, resume, self.log, self.world.device)
+        if restored is None and self.cfg.init_from:
+            folder = checkpoints.init_folder(self.cfg.init_from)
+            self.trainee.start_from(checkpoints.read(folder, self.world.device)[0])
+            self.log(f"train: starting from the weights of {folder}")
+        self.position = restored or self.position
 
     def batches(self) -> Iterator[StepBatch]:
         """This epoch's batches with their mined and same-article negatives."""
