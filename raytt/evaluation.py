@@ -178,11 +178,16 @@ def rank_methods(
     article_codes: np.ndarray,
     device: str | None = None,
     progress: Progress = say,
+    indexes: dict[str, np.ndarray] | None = None,
 ) -> dict:
-    """Both views, histogram, diagnostics and per-query ranks (both views) for every method's query vectors."""
+    """Both views, histogram, diagnostics and per-query ranks (both views) for every method's query vectors.
+
+    Each method searches `index` (the bank) unless `indexes` gives it its own: a trained doc tower's
+    index is the model's alone, the heuristics always search the bank itself."""
     out = {"views": {v: {} for v in VIEWS}, "histogram": {}, "diagnostics": {}, "ranks": {}, "ranks_excl": {}}
     for name, vectors in methods.items():
-        result = scan(vectors, queries.target, index, context=queries.context, device=device)
+        searched = (indexes or {}).get(name, index)
+        result = scan(vectors, queries.target, searched, context=queries.context, device=device)
         out["views"]["all"][name] = metrics(result.ranks)
         out["views"]["context_excluded"][name] = metrics(result.ranks_excl)
         out["histogram"][name] = histogram(result.ranks)
@@ -236,18 +241,16 @@ def evaluate(
         f"eval: {len(queries):,} {split} queries against the full bank of {bank.num_vectors:,} x {bank.dim} on {device}"
     )
     check = oracle_check(shards, queries, bank, progress)
-    methods = {}
-    index = bank.vectors
+    methods, indexes = {}, {}
     if model is not None:
         from raytt.checkpoints import load_model
 
         net, _ = load_model(model.checkpoint, device)
-        index = index_vectors(net, bank.vectors, device=device)
+        indexes["model"] = index = index_vectors(net, bank.vectors, device=device)
         methods["model"] = query_vectors(net, bank.vectors, queries.context, queries.lengths, device=device)
     methods.update(baseline_queries(bank, queries))
-    ranked = rank_methods(methods, queries, index, bank.article_codes, device, progress)
+    ranked = rank_methods(methods, queries, bank.vectors, bank.article_codes, device, progress, indexes)
     batch = model.batch_size if model else 256
-    positives = index[queries.target]
     report = {
         "split": split,
         "queries": len(queries),
@@ -263,7 +266,9 @@ def evaluate(
         "in_batch": {
             name: {
                 "batch": batch,
-                "in_batch_accuracy": in_batch_accuracy(q, positives, queries.target, batch),
+                "in_batch_accuracy": in_batch_accuracy(
+                    q, indexes.get(name, bank.vectors)[queries.target], queries.target, batch
+                ),
                 "full_bank_R@1": ranked["views"]["all"][name]["R@1"],
             }
             for name, q in methods.items()

@@ -74,7 +74,7 @@ class LocalCluster:
         self.cluster.shutdown()
 
 
-def fake_run(root, shards, query: str = "gru", dim: int = 64, seed: int = 0):
+def fake_run(root, shards, query: str = "gru", dim: int = 64, seed: int = 0, doc: str = "identity"):
     """A run directory as `raytt train` leaves one (config.yaml, best/), holding a seeded untrained tower."""
     import dataclasses
 
@@ -84,7 +84,7 @@ def fake_run(root, shards, query: str = "gru", dim: int = 64, seed: int = 0):
     from raytt.towers import TowerConfig, TwoTower
     from raytt.training.config import TrainConfig
 
-    tower = TowerConfig(query=query, hidden=32)
+    tower = TowerConfig(query=query, hidden=32, doc=doc)
     torch.manual_seed(seed)
     model = TwoTower(tower, dim)
     run = root / "run"

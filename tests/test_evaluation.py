@@ -97,6 +97,21 @@ def test_baselines_only_report(synth_shards, tmp_path):
     assert "oracle" in table and "*" in table.splitlines()[-1]
 
 
+def test_heuristics_search_the_bank_even_when_the_model_has_a_doc_tower(synth_shards, tmp_path):
+    """A trained doc tower's index is the model's own: the baselines' figures must not depend on it."""
+    from helpers import fake_run
+
+    from raytt.evaluation import Model
+
+    run = fake_run(tmp_path, synth_shards, doc="mlp")
+    alone = evaluate(synth_shards, "test", max_queries=300, progress=QUIET)
+    with_model = evaluate(synth_shards, "test", Model(run, run / "best", 64), max_queries=300, progress=QUIET)
+    for view in ("all", "context_excluded"):
+        for name, row in alone["views"][view].items():
+            assert with_model["views"][view][name] == row, (view, name)
+    assert with_model["views"]["all"]["model"] != with_model["views"]["all"]["last"]
+
+
 def test_oracle_check_refuses_shards_of_another_bank(synth_bank, tmp_path):
     other = tmp_path / "other_bank"
     generate(SynthConfig(num_vectors=4000, dim=64, latent_dim=16, seed=7), other, progress=QUIET)
