@@ -59,5 +59,5 @@ for name in finetune_pydocs_multi pydocs_gru20_doc; do  # fine-tuned, and the sa
     --set storage="$PY" --eval "$SPLIT" $([ $name = finetune_pydocs_multi ] && echo "--set init_from=$OUT/multi_pretrain")
 done
 reports=("$PY/finetune_pydocs_multi/eval/$SPLIT" "$OUT/multi_pretrain/eval/pydocs-$SPLIT" "$PY/pydocs_gru20_doc/eval/$SPLIT")
-"$RAYTT" compare "${reports[@]}" --view all
-"$RAYTT" compare "${reports[@]}" --view context_excluded
+"$RAYTT" compare "${reports[@]}" --view all --metrics R@10,R@100,MRR@10
+"$RAYTT" compare "${reports[@]}" --view context_excluded --metrics R@10,R@100,MRR@10

@@ -29,5 +29,5 @@ for cfg in configs/pydocs_*.yaml; do
     --set storage="$OUT" --set name="$name" --eval test
   runs+=("$OUT/$name")
 done
-"$RAYTT" compare "${runs[@]}" --view all
-"$RAYTT" compare "${runs[@]}" --view context_excluded
+"$RAYTT" compare "${runs[@]}" --view all --metrics R@10,R@100,MRR@10
+"$RAYTT" compare "${runs[@]}" --view context_excluded --metrics R@10,R@100,MRR@10

@@ -253,6 +253,9 @@ def add_run_commands(sub) -> None:
     p = sub.add_parser("compare", help="one table of several runs' evaluations and the baselines")
     p.add_argument("runs", nargs="+", type=Path, help="run directories or report folders")
     p.add_argument("--view", default="all", help="all or context_excluded")
+    p.add_argument(
+        "--metrics", default="R@10,MRR@10", help="comma-separated metrics with intervals (R@K, MRR@K, NDCG@K)"
+    )
 
     p = sub.add_parser("demo", help="the main job on the built-in synthetic data")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
@@ -320,7 +323,7 @@ HANDLERS = {
     "text-train": _text_train,
     "tune": lambda a: commands.tune(a.resume or _search_config(a)),
     "eval": lambda a: commands.evaluate(a.run, a.shards, a.bank, a.checkpoint, a.split, a.out, a.max_queries, a.device),
-    "compare": lambda a: commands.compare(a.runs, a.view),
+    "compare": lambda a: commands.compare(a.runs, a.view, a.metrics),
     "text-build": lambda a: commands.text_build(a.folder, a.out, a.min_train_queries, a.overwrite),
     "text-import": lambda a: commands.text_import(a.kind, a.source, a.out, a.config, a.limit),
     "text-encode": lambda a: commands.text_encode(

@@ -306,11 +306,13 @@ def evaluate(
     return result
 
 
-def compare(paths: list[str | Path], view: str = "all", progress: Progress = print) -> str:
-    """Print one table of runs and baselines from their eval reports."""
+def compare(
+    paths: list[str | Path], view: str = "all", metrics: str = "R@10,MRR@10", progress: Progress = print
+) -> str:
+    """Print one table of runs and baselines from their eval reports, with intervals on `metrics`."""
     from raytt import report
 
-    text = report.compare(paths, view)
+    text = report.compare(paths, view, tuple(m.strip() for m in metrics.split(",") if m.strip()))
     progress(text)
     return text
 

@@ -250,11 +250,13 @@ def compare_rows(reports: list[tuple[Path, dict]], view: str) -> dict[str, Row]:
     return rows
 
 
-def compare(paths: list[str | Path], view: str = "all") -> str:
+def compare(paths: list[str | Path], view: str = "all", interval_metrics: tuple[str, ...] = INTERVAL_METRICS) -> str:
     """One table: every run's model and the baselines (from the first report), best per column marked; then
     the first row's differences from every other row with paired bootstrap intervals (see `intervals_table`)."""
     if view not in VIEWS:
         raise RayttError(f"compare: view must be one of {VIEWS}, got {view!r}")
+    for metric in interval_metrics:
+        per_query(np.ones(1), metric)  # a metric it cannot compute is refused before any report is read
     files = [report_file(p) for p in paths]
     reports = [(Path(p), read_json(f, "eval report", RayttError)) for p, f in zip(paths, files)]
     if any("methods" in rep for _, rep in reports):
@@ -265,7 +267,7 @@ def compare(paths: list[str | Path], view: str = "all") -> str:
     shards = {(str(Path(rep["shards"]).resolve()), rep["split"], rep["queries"]) for _, rep in reports}
     note = "" if len(shards) == 1 else "\nwarning: the reports evaluate different shards/splits/query counts"
     text = f"compare ({view.replace('_', ' ')}; * = best per column)\n" + table({k: r[2] for k, r in rows.items()})
-    return text + note + "\n\n" + intervals_table([f.parent for f in files], rows, view)
+    return text + note + "\n\n" + intervals_table([f.parent for f in files], rows, view, RESAMPLES, interval_metrics)
 
 
 def read_ranks(path: Path) -> dict[str, np.ndarray]:
@@ -302,8 +304,14 @@ def matched_ranks(folders: list[Path], rows: dict[str, Row], view: str) -> tuple
     return tables, ""
 
 
-def intervals_table(folders: list[Path], rows: dict[str, Row], view: str, resamples: int = RESAMPLES) -> str:
-    """The first row minus every other row in R@10 and MRR@10, each with its paired bootstrap interval.
+def intervals_table(
+    folders: list[Path],
+    rows: dict[str, Row],
+    view: str,
+    resamples: int = RESAMPLES,
+    interval_metrics: tuple[str, ...] = INTERVAL_METRICS,
+) -> str:
+    """The first row minus every other row in each of `interval_metrics`, with its paired bootstrap interval.
 
     Only when every report kept per-query ranks of the same queries; otherwise one line saying why not.
     """
@@ -320,11 +328,11 @@ def intervals_table(folders: list[Path], rows: dict[str, Row], view: str, resamp
     )
     name_width = max(10, *(len(label) + 1 for label, _ in others))
     width = 27
-    lines = [head, "vs".ljust(name_width) + "".join(m.rjust(width) for m in INTERVAL_METRICS)]
+    lines = [head, "vs".ljust(name_width) + "".join(m.rjust(width) for m in interval_metrics)]
     for label, (i, method, _) in others:
         other = tables[i][rank_column(method, view)]
         cells = [
-            describe(*paired_bootstrap(per_query(ref, m), per_query(other, m), resamples)) for m in INTERVAL_METRICS
+            describe(*paired_bootstrap(per_query(ref, m), per_query(other, m), resamples)) for m in interval_metrics
         ]
         lines.append(label.ljust(name_width) + "".join(c.rjust(width) for c in cells))
     return "\n".join(lines)

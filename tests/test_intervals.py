@@ -158,3 +158,14 @@ def test_compare_says_why_intervals_are_not_shown(baselines_report, tmp_path):
     assert (
         report.compare([first, other]).splitlines()[-1].startswith(f"intervals not shown: {other} has no ranks.parquet")
     )
+
+
+def test_compare_shows_intervals_on_the_metrics_asked_for(baselines_report, tmp_path):
+    alpha = report.write(_as_model(baselines_report, "oracle", "runs/alpha"), tmp_path / "alpha")
+    intervals = report.compare([alpha], "all", ("R@100", "NDCG@10")).split("\n\n")[1].splitlines()
+    assert intervals[1].split() == ["vs", "R@100", "NDCG@10"]
+    views = baselines_report["views"]["all"]
+    r100 = views["oracle"]["R@100"] - views["last"]["R@100"]
+    assert intervals[2].split()[0] == "last" and f"{r100:+.3f} [" in intervals[2]
+    with pytest.raises(RayttError, match="R@K, MRR@K or NDCG@K"):
+        report.compare([alpha], "all", ("P@10",))
