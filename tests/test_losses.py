@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raytt.losses.ar_cosine import ar_cosine, mix
-from raytt.losses.infonce import info_nce
+from raytt.losses.infonce import info_nce, reverse_info_nce
 from raytt.losses.objective import Batch, LossConfig, in_batch_accuracy, objective
 from raytt.losses.triplet import hardest_in_batch, triplet_margin
 
@@ -62,6 +62,24 @@ def test_objective_ar_mix_is_the_weighted_sum():
     cfg = LossConfig(kind="ar_mix", tau=0.5, lambda_con=0.3)
     con = objective(LossConfig(kind="infonce", tau=0.5), batch)
     assert objective(cfg, batch).item() == pytest.approx(0.3 * con.item() + 0.7 * ar_cosine(Q, C[1:]).item())
+
+
+def test_reverse_info_nce_hand_value_and_shared_targets():
+    # positive 0 = (0.6, 0.8) picks query 0 among queries (1, 0) and (0, 1); positive 1 = (0, 1) picks query 1
+    p = C[1:]
+    l0 = -(0.6 / 0.5) + math.log(math.exp(0.6 / 0.5) + math.exp(0.8 / 0.5))
+    l1 = -(1 / 0.5) + math.log(math.exp(0) + math.exp(1 / 0.5))
+    assert reverse_info_nce(Q, p, torch.tensor([11, 12]), 0.5).item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    same = reverse_info_nce(Q, p, torch.tensor([11, 11]), 0.5)  # one chunk twice: nothing left to confuse
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_objective_symmetric_averages_both_directions():
+    batch = Batch(Q, C[1:], torch.tensor([11, 12]), C, torch.tensor([10, 11, 12]), 1)
+    forward = objective(LossConfig(tau=0.5), batch)
+    both = objective(LossConfig(tau=0.5, symmetric=True), batch)
+    reverse = reverse_info_nce(Q, C[1:], torch.tensor([11, 12]), 0.5)
+    assert both.item() == pytest.approx((forward.item() + reverse.item()) / 2)
 
 
 def test_in_batch_accuracy():

@@ -36,3 +36,18 @@ def info_nce(
         drop = (mined_keys == target_keys[:, None]) | (mined_keys < 0)
         logits = torch.cat([logits, mined_logits.masked_fill(drop, -torch.inf)], dim=1)
     return F.cross_entropy(logits, labels)
+
+
+def reverse_info_nce(queries: torch.Tensor, positives: torch.Tensor, target_keys: torch.Tensor, tau: float):
+    """The other direction: each positive picks its own query among this worker's queries.
+
+    queries and positives [B, D], row i of each a pair; queries whose target is the same chunk as row i's
+    are masked out (they are not negatives of it). Local to the worker, as sentence-transformers'
+    MultipleNegativesSymmetricRankingLoss is to its device.
+    """
+    b = queries.shape[0]
+    labels = torch.arange(b, device=queries.device)
+    logits = positives @ queries.T / tau
+    same = target_keys[None, :] == target_keys[:, None]
+    same[labels, labels] = False
+    return F.cross_entropy(logits.masked_fill(same, -torch.inf), labels)

@@ -9,7 +9,7 @@ import torch
 
 from raytt.config import doc
 from raytt.losses.ar_cosine import ar_cosine, mix
-from raytt.losses.infonce import info_nce
+from raytt.losses.infonce import info_nce, reverse_info_nce
 from raytt.losses.triplet import hardest_in_batch, triplet_margin
 
 
@@ -21,6 +21,10 @@ class LossConfig:
     tau: float = field(default=0.05, metadata=doc("InfoNCE temperature"))
     margin: float = field(default=0.1, metadata=doc("triplet margin on cosine distance"))
     lambda_con: float = field(default=0.5, metadata=doc("ar_mix: weight of InfoNCE vs the AR cosine term"))
+    symmetric: bool = field(
+        default=False,
+        metadata=doc("infonce/ar_mix: average in the reverse direction, each positive picking its query in the batch"),
+    )
 
     def __post_init__(self) -> None:
         if self.tau <= 0:
@@ -63,6 +67,9 @@ def objective(cfg: LossConfig, batch: Batch) -> torch.Tensor:
         batch.mined,
         batch.mined_keys,
     )
+    if cfg.symmetric:
+        reverse = reverse_info_nce(batch.queries, batch.positives, batch.target_keys, cfg.tau)
+        contrastive = (contrastive + reverse) / 2
     if cfg.kind == "infonce":
         return contrastive
     return mix(contrastive, ar_cosine(batch.queries, batch.positives), cfg.lambda_con)
