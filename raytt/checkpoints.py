@@ -138,8 +138,13 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[TwoTower, dict]
         raise RayttError(f"{folder}: not a checkpoint (no {MODEL})")
     meta = read_meta(folder)
     model = TwoTower(config.from_dict(TowerConfig, meta["tower"], str(folder / META), "tower"), int(meta["dim"]))
-    model.load_state_dict(torch.load(folder / MODEL, weights_only=True, map_location=device))
+    model.load_state_dict(load_weights(folder, device))
     return model.to(device).eval(), meta
+
+
+def load_weights(folder: str | Path, device: str | torch.device = "cpu") -> dict:
+    """The model's state dict alone (no optimizer state): what evaluation and fine-tuning need."""
+    return torch.load(Path(folder) / MODEL, weights_only=True, map_location=device)
 
 
 def init_folder(path: str | Path) -> Path:
@@ -158,7 +163,7 @@ def check_init(path: str | Path, tower: TowerConfig, dim: int) -> Path:
     if int(meta.get("dim", -1)) != dim:
         raise RayttError(f"init_from {folder}: weights for {meta.get('dim')}-d vectors, this bank is {dim}-d")
     want = {k: tuple(v.shape) for k, v in TwoTower(tower, dim).state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in torch.load(folder / MODEL, weights_only=True, map_location="cpu").items()}
+    have = {k: tuple(v.shape) for k, v in load_weights(folder).items()}
     wrong = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
     if wrong:
         theirs = config.to_dict(config.from_dict(TowerConfig, meta["tower"], str(folder / META), "tower"))

@@ -29,17 +29,23 @@ def per_query(ranks: np.ndarray, metric: str) -> np.ndarray:
     Their mean is the metric of `raytt.evaluation.metrics`: R@K is 1 if rank <= K else 0; MRR@K is
     1/rank within the top K, else 0; NDCG@K (one relevant item) is 1/log2(rank + 1) within the top K, else 0.
     """
-    name, _, k = metric.partition("@")
-    if name not in METRICS or not k.isdigit() or int(k) < 1:
-        raise RayttError(f"per_query: metric must be R@K, MRR@K or NDCG@K with K >= 1, got {metric!r}")
+    name, k = check_metric(metric)
     r = np.asarray(ranks, dtype=np.float64)
     if r.size and r.min() < 1:
         raise RayttError(f"per_query: ranks are 1-based, got a rank of {r.min():g}")
-    hit = r <= int(k)
+    hit = r <= k
     if name == "R":
         return hit.astype(np.float64)
     gain = 1.0 / r if name == "MRR" else 1.0 / np.log2(r + 1.0)
     return np.where(hit, gain, 0.0)
+
+
+def check_metric(metric: str) -> tuple[str, int]:
+    """(`R`, `MRR` or `NDCG`, K) of a metric name like `R@100`, or an error naming what is wrong."""
+    name, _, k = metric.partition("@")
+    if name not in METRICS or not k.isdigit() or int(k) < 1:
+        raise RayttError(f"per_query: metric must be R@K, MRR@K or NDCG@K with K >= 1, got {metric!r}")
+    return name, int(k)
 
 
 def resampled_means(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from raytt.curves import training_curves
 from raytt.errors import RayttError
 from raytt.evaluation import KS, VIEWS
-from raytt.intervals import LEVEL, RESAMPLES, describe, paired_bootstrap, per_query
+from raytt.intervals import LEVEL, RESAMPLES, check_metric, describe, paired_bootstrap, per_query
 from raytt.storage import atomic_dir, read_json, write_json
 
 TABLE_COLUMNS = ("R@1", "R@10", "R@100", "R@1000", "MRR@10", "NDCG@10", "median_rank")
@@ -256,7 +256,7 @@ def compare(paths: list[str | Path], view: str = "all", interval_metrics: tuple[
     if view not in VIEWS:
         raise RayttError(f"compare: view must be one of {VIEWS}, got {view!r}")
     for metric in interval_metrics:
-        per_query(np.ones(1), metric)  # a metric it cannot compute is refused before any report is read
+        check_metric(metric)  # refused before any report is read
     files = [report_file(p) for p in paths]
     reports = [(Path(p), read_json(f, "eval report", RayttError)) for p, f in zip(paths, files)]
     if any("methods" in rep for _, rep in reports):

@@ -197,7 +197,7 @@ class WorkerRun:
         restored = restore(self.cfg, self.trainee, reported, resume, self.log, self.world.device)
         if restored is None and self.cfg.init_from:
             folder = checkpoints.init_folder(self.cfg.init_from)
-            self.trainee.start_from(checkpoints.read(folder, self.world.device)[0])
+            self.trainee.start_from(checkpoints.load_weights(folder, self.world.device))
             self.log(f"train: starting from the weights of {folder}")
         self.position = restored or self.position
 
