@@ -381,3 +381,15 @@ def test_init_from_refuses_a_missing_or_unfitting_checkpoint(ray_local, synth_ba
     with pytest.raises(RayttError, match="does not fit this run's.*tower settings that differ: query"):
         train(_cfg(synth_bank, synth_shards, tmp_path, name="b", workers=0, **over), progress=QUIET)
     assert not (tmp_path / "b").exists(), "refused before the run directory is made"
+
+
+def test_init_from_refuses_weights_for_another_dim(synth_shards, tmp_path):
+    from helpers import fake_run
+
+    from raytt.checkpoints import check_init
+    from raytt.towers import TowerConfig
+
+    run = fake_run(tmp_path, synth_shards, dim=64)
+    assert check_init(run, TowerConfig(hidden=32), 64) == run / "best"
+    with pytest.raises(RayttError, match="weights for 64-d vectors, this bank is 32-d"):
+        check_init(run, TowerConfig(hidden=32), 32)
