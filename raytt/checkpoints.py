@@ -1,7 +1,8 @@
 """Checkpoint layout of a run: what is saved, how it is found again, and how a model is rebuilt from it.
 
 A checkpoint directory holds `model.pt` (the model's state dict), `train_state.pt` (optimizer,
-scheduler, RNG, data position) and `meta.json` (step, epoch, metrics, tower config, dim). Everything
+scheduler, RNG, data position) and `meta.json` (step, epoch, metrics, tower config, dim, the bank's
+embedder). Everything
 loads with `torch.load(weights_only=True)`: no pickled code runs on load.
 """
 
@@ -156,12 +157,26 @@ def init_folder(path: str | Path) -> Path:
     raise RayttError(f"init_from {path}: no checkpoint there (neither {path}/{MODEL} nor {path}/best/{MODEL})")
 
 
-def check_init(path: str | Path, tower: TowerConfig, dim: int) -> Path:
-    """Refuse a starting checkpoint whose parameters do not fit this run's tower and dim; its folder if they do."""
+def check_embedder(meta: dict, embedder_id: str, where: str) -> None:
+    """Refuse a tower trained on another embedder's vectors: same width, other space, meaningless scores.
+
+    Checkpoints written before the meta recorded `embedder_id` pass: there is nothing to compare."""
+    trained = meta.get("embedder_id")
+    if trained and trained != embedder_id:
+        raise RayttError(
+            f"{where}: the tower was trained on vectors from {trained!r}, this bank's are from {embedder_id!r}; "
+            "a tower reads only its own embedder's space (embed the corpus with that model, or train on this bank)"
+        )
+
+
+def check_init(path: str | Path, tower: TowerConfig, dim: int, embedder_id: str = "") -> Path:
+    """Refuse a starting checkpoint whose parameters do not fit this run's tower, dim and embedder; its folder if
+    they do."""
     folder = init_folder(path)
     meta = read_meta(folder)
     if int(meta.get("dim", -1)) != dim:
         raise RayttError(f"init_from {folder}: weights for {meta.get('dim')}-d vectors, this bank is {dim}-d")
+    check_embedder(meta, embedder_id, f"init_from {folder}")
     want = {k: tuple(v.shape) for k, v in TwoTower(tower, dim).state_dict().items()}
     have = {k: tuple(v.shape) for k, v in load_weights(folder).items()}
     wrong = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))

@@ -236,16 +236,14 @@ def evaluate(
     device = resolve_device(device)
     shards = open_shards(shards_path)
     bank = load_bank(bank_path or bank_of(shards))
+    net = _load_net(model, bank, device) if model is not None else None
     queries = load_queries(shards, split, max_queries)
     progress(
         f"eval: {len(queries):,} {split} queries against the full bank of {bank.num_vectors:,} x {bank.dim} on {device}"
     )
     check = oracle_check(shards, queries, bank, progress)
     methods, indexes = {}, {}
-    if model is not None:
-        from raytt.checkpoints import load_model
-
-        net, _ = load_model(model.checkpoint, device)
+    if net is not None:
         indexes["model"] = index = index_vectors(net, bank.vectors, device=device)
         methods["model"] = query_vectors(net, bank.vectors, queries.context, queries.lengths, device=device)
     methods.update(baseline_queries(bank, queries))
@@ -279,6 +277,14 @@ def evaluate(
     # per-query arrays for ranks.parquet (popped by `report.write`, never in report.json)
     report.update(ranks=ranked["ranks"], ranks_excl=ranked["ranks_excl"], target_key=queries.target)
     return report
+
+
+def _load_net(model: Model, bank: Bank, device: str):
+    """The model's tower, once its checkpoint is known to read this bank's embedder."""
+    from raytt.checkpoints import check_embedder, load_model, read_meta
+
+    check_embedder(read_meta(model.checkpoint), bank.manifest.embedder_id, f"eval {model.checkpoint}")
+    return load_model(model.checkpoint, device)[0]
 
 
 def _bank_summary(bank: Bank) -> dict:

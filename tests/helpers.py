@@ -74,8 +74,11 @@ class LocalCluster:
         self.cluster.shutdown()
 
 
-def fake_run(root, shards, query: str = "gru", dim: int = 64, seed: int = 0, doc: str = "identity"):
-    """A run directory as `raytt train` leaves one (config.yaml, best/), holding a seeded untrained tower."""
+def fake_run(
+    root, shards, query: str = "gru", dim: int = 64, seed: int = 0, doc: str = "identity", embedder_id: str = ""
+):
+    """A run directory as `raytt train` leaves one (config.yaml, best/), holding a seeded untrained tower
+    (its meta names `embedder_id` when given, as a trained run's does)."""
     import dataclasses
 
     import torch
@@ -91,5 +94,6 @@ def fake_run(root, shards, query: str = "gru", dim: int = 64, seed: int = 0, doc
     (run / "best").mkdir(parents=True)
     config.dump(config.from_dict(TrainConfig, {"name": "run", "data": {"shards": str(shards)}}), run / "config.yaml")
     meta = {"step": 1, "epoch": 1, "tower": dataclasses.asdict(tower), "dim": dim}
+    meta |= {"embedder_id": embedder_id} if embedder_id else {}
     checkpoints.save(run / "best", model, {}, meta)
     return run

@@ -26,6 +26,7 @@ from raytt.text.beir import BeirSet, write_beir
 from raytt.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+OTHER_EMBEDDER = "BAAI/bge-small-en-v1.5"  # 384-d like MiniLM: same width, another space
 
 
 @dataclass
@@ -263,6 +264,11 @@ CASES: list[Case] = [
     ("train-run-changed", _changed_run, "exists with different ['tower']"),
     ("train-no-readable-checkpoint", _unreadable_checkpoints, "no checkpoint of this run can be read"),
     (
+        "train-init-other-embedder",
+        lambda ws: ws.train(f"init_from={fake_run(ws.root, ws.shards, embedder_id=OTHER_EMBEDDER)}"),
+        f"/run/best: the tower was trained on vectors from '{OTHER_EMBEDDER}'",
+    ),
+    (
         "tune-metric-not-full-bank",
         lambda ws: ["tune", "--config", str(_search(ws, metric="train/loss"))],
         "full-bank validation metric",
@@ -283,6 +289,11 @@ CASES: list[Case] = [
         "eval-no-checkpoints",
         lambda ws: ["eval", "--run", str(_run_with(ws)), "--checkpoint", "latest"],
         "no checkpoints yet",
+    ),
+    (
+        "eval-other-embedder",
+        lambda ws: ["eval", "--run", str(fake_run(ws.root, ws.shards, embedder_id=OTHER_EMBEDDER))],
+        f"the tower was trained on vectors from '{OTHER_EMBEDDER}', this bank's are from 'raytt-synth/1",
     ),
     ("compare-no-report", lambda ws: ["compare", "nowhere"], "no report.json"),
     (

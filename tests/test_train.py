@@ -1,5 +1,6 @@
 """Training: a tiny run converges, re-running resumes, two workers gather candidates and survive a failure."""
 
+import json
 import math
 import re
 
@@ -8,7 +9,7 @@ import torch
 from helpers import QUIET
 
 from raytt import config
-from raytt.checkpoints import CheckpointError
+from raytt.checkpoints import CheckpointError, read_meta
 from raytt.commands import evaluate
 from raytt.errors import ConfigError, RayttError
 from raytt.rundir import RunDir
@@ -364,6 +365,8 @@ def test_init_from_starts_a_run_from_another_runs_weights(ray_local, synth_bank,
     tuned = train(_cfg(synth_bank, synth_shards, tmp_path, name="tuned", workers=0, **over), progress=QUIET)
     assert tuned["best"]["value"] == pytest.approx(base["best"]["value"], abs=1e-3)
     assert "starting from the weights of" in (tmp_path / "tuned" / "train.log").read_text()
+    embedder = json.loads((synth_bank / "manifest.json").read_text())["embedder_id"]
+    assert read_meta(tmp_path / "base" / "best")["embedder_id"] == embedder, "the checkpoint names its embedder"
     fresh = train(
         _cfg(synth_bank, synth_shards, tmp_path, name="fresh", workers=0, **{"optim.epochs": 1, "optim.lr": 1e-12}),
         progress=QUIET,
@@ -383,13 +386,17 @@ def test_init_from_refuses_a_missing_or_unfitting_checkpoint(ray_local, synth_ba
     assert not (tmp_path / "b").exists(), "refused before the run directory is made"
 
 
-def test_init_from_refuses_weights_for_another_dim(synth_shards, tmp_path):
+def test_init_from_refuses_weights_for_another_dim_or_embedder(synth_shards, tmp_path):
     from helpers import fake_run
 
     from raytt.checkpoints import check_init
     from raytt.towers import TowerConfig
 
-    run = fake_run(tmp_path, synth_shards, dim=64)
-    assert check_init(run, TowerConfig(hidden=32), 64) == run / "best"
+    run = fake_run(tmp_path, synth_shards, dim=64, embedder_id="BAAI/bge-small-en-v1.5")
+    assert check_init(run, TowerConfig(hidden=32), 64, "BAAI/bge-small-en-v1.5") == run / "best"
     with pytest.raises(RayttError, match="weights for 64-d vectors, this bank is 32-d"):
-        check_init(run, TowerConfig(hidden=32), 32)
+        check_init(run, TowerConfig(hidden=32), 32, "BAAI/bge-small-en-v1.5")
+    with pytest.raises(
+        RayttError, match="trained on vectors from 'BAAI/bge-small-en-v1.5', this bank's are from 'x/y'"
+    ):
+        check_init(run, TowerConfig(hidden=32), 64, "x/y")

@@ -119,7 +119,8 @@ def prepare(cfg: TrainConfig, progress: Progress = say, check_run: bool = True) 
     if cfg.mining.index == "factory":
         check_factory(cfg.mining.factory, bank.dim)
     if cfg.init_from:
-        progress(f"train: starts from the weights in {checkpoints.check_init(cfg.init_from, cfg.tower, bank.dim)}")
+        start = checkpoints.check_init(cfg.init_from, cfg.tower, bank.dim, bank.manifest.embedder_id)
+        progress(f"train: starts from the weights in {start}")
     progress(
         f"train: {train_rows:,} train rows, {len(val):,} val queries against {bank.num_vectors:,} x {bank.dim}; "
         f"{describe(TwoTower(cfg.tower, bank.dim))}; {max(1, cfg.workers)} worker(s)"

@@ -25,8 +25,11 @@ from raytt.training.setup import Trainee
 class Recorder:
     """What one worker writes about the run; only rank 0 writes files, every rank joins Ray Train's reports."""
 
-    def __init__(self, cfg: TrainConfig, rank: int, local: bool, tune: bool, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, cfg: TrainConfig, rank: int, local: bool, tune: bool, log: Callable[[str], None], embedder_id: str = ""
+    ) -> None:
         self.cfg, self.rank, self.local, self.tune, self.log = cfg, rank, local, tune, log
+        self.embedder_id = embedder_id  # the bank's: what a checkpoint's reader must feed the tower
         self.run = cfg.run
         if rank == 0:
             self.run.path.mkdir(parents=True, exist_ok=True)
@@ -100,14 +103,14 @@ class Recorder:
         self.log(f"train: new best {self.cfg.best_metric} = {value:.4f} at step {position.step}, saved to best/")
 
     def meta(self, metrics: dict, position: Position, dim: int) -> dict:
-        """What `checkpoints.load_model` needs to rebuild the model, plus where the run stood."""
+        """What `checkpoints.load_model` needs to rebuild the model and check its input, plus where the run stood."""
         return {
             "step": position.step,
             "epoch": position.epoch,
             "metrics": metrics,
             "tower": config.to_dict(self.cfg.tower),
             "dim": dim,
-        }
+        } | ({"embedder_id": self.embedder_id} if self.embedder_id else {})
 
 
 def prune(run_dir: Path, keep: int) -> None:

@@ -165,7 +165,7 @@ class WorkerRun:
             if cfg.mining.article_negatives
             else None
         )
-        self.recorder = Recorder(cfg, self.world.rank, inputs.local, inputs.tune, self.log)
+        self.recorder = Recorder(cfg, self.world.rank, inputs.local, inputs.tune, self.log, bank.manifest.embedder_id)
         self.position = Position()
         self._restore(ray.train.get_checkpoint(), inputs.resume)
         workers = gather_workers(self.world.rank, self.world.size, cfg.threads_per_worker, int(cfg.use_gpu))
