@@ -2,8 +2,7 @@
 
 A checkpoint directory holds `model.pt` (the model's state dict), `train_state.pt` (optimizer,
 scheduler, RNG, data position) and `meta.json` (step, epoch, metrics, tower config, dim, the bank's
-embedder). Everything
-loads with `torch.load(weights_only=True)`: no pickled code runs on load.
+embedder). Everything loads with `torch.load(weights_only=True)`: no pickled code runs on load.
 """
 
 from __future__ import annotations
