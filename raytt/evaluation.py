@@ -281,10 +281,11 @@ def evaluate(
 
 def _load_net(model: Model, bank: Bank, device: str):
     """The model's tower, once its checkpoint is known to read this bank's embedder."""
-    from raytt.checkpoints import check_embedder, load_model, read_meta
+    from raytt.checkpoints import check_embedder, load_model
 
-    check_embedder(read_meta(model.checkpoint), bank.manifest.embedder_id, f"eval {model.checkpoint}")
-    return load_model(model.checkpoint, device)[0]
+    net, meta = load_model(model.checkpoint, device)
+    check_embedder(meta, bank.manifest.embedder_id, f"eval {model.checkpoint}")
+    return net
 
 
 def _bank_summary(bank: Bank) -> dict:

@@ -44,7 +44,7 @@ def check_metric(metric: str) -> tuple[str, int]:
     """(`R`, `MRR` or `NDCG`, K) of a metric name like `R@100`, or an error naming what is wrong."""
     name, _, k = metric.partition("@")
     if name not in METRICS or not k.isdigit() or int(k) < 1:
-        raise RayttError(f"per_query: metric must be R@K, MRR@K or NDCG@K with K >= 1, got {metric!r}")
+        raise RayttError(f"metric must be R@K, MRR@K or NDCG@K with K >= 1, got {metric!r}")
     return name, int(k)
 
 
